@@ -1,0 +1,143 @@
+//! Header rewriting between client and upstream (SPEC section 4): hop-by-hop headers
+//! dropped per RFC 9110 section 7.6.1, forwarding headers set, Rampart's own headers
+//! stripped from the client and set for the upstream.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+
+/// `x-rampart-route`, sent to upstreams.
+pub static X_RAMPART_ROUTE: HeaderName = HeaderName::from_static("x-rampart-route");
+/// `x-rampart-backend`, sent to upstreams.
+pub static X_RAMPART_BACKEND: HeaderName = HeaderName::from_static("x-rampart-backend");
+/// `x-rampart-error`, on responses Rampart makes itself.
+pub static X_RAMPART_ERROR: HeaderName = HeaderName::from_static("x-rampart-error");
+/// `x-request-id`, generated when absent.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`, appended.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`, set.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `traceparent`, passed through and logged.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+static TRAILER: HeaderName = HeaderName::from_static("trailer");
+
+/// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
+///
+/// `keep_te_trailers` keeps `te: trailers` (gRPC needs it end to end over HTTP/2).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    let te_trailers = keep_te_trailers
+        && headers
+            .get(TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &TRAILER] {
+        headers.remove(name);
+    }
+    headers.remove(TE);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends `peer` to `x-forwarded-for` (one comma-separated header).
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
+    let existing: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if existing.is_empty() {
+        HeaderValue::from_str(peer)
+    } else {
+        HeaderValue::from_str(&format!("{}, {peer}", existing.join(", ")))
+    };
+    if let Ok(value) = value {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let bits = fastrand::u128(..);
+    for (i, slot) in out.iter_mut().enumerate() {
+        let nibble = (bits >> (i * 4)) & 0xf;
+        *slot = HEX[nibble as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), for logs.
+pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(&TRACEPARENT)?.to_str().ok()?;
+    let id = value.split('-').nth(1)?;
+    (id.len() == 32).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_fixed_hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(TE).is_none());
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn te_trailers_survives_for_http2_upstreams() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers, deflate"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(TE), Some(&HeaderValue::from_static("trailers")));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "127.0.0.1");
+        assert_eq!(h.get(&X_FORWARDED_FOR), Some(&HeaderValue::from_static("127.0.0.1")));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        append_forwarded_for(&mut h, "192.0.2.1");
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR),
+            Some(&HeaderValue::from_static("127.0.0.1, 10.0.0.1, 192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+    }
+}

@@ -1,0 +1,56 @@
+//! The command line (SPEC section 1).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Rampart: a sidecar reverse proxy for safe rollouts.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Rampart's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: proxy traffic, expose metrics and (if configured) the admin API.
+    Run {
+        /// Config file [default: $RAMPART_CONFIG, then /etc/rampart/rampart.yaml]
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config without serving; prints `ok: N routes, M upstreams` and warnings.
+    Check {
+        /// Config file to check.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Show where an identity goes on a route, and why.
+    Explain {
+        /// Config file.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// Route name.
+        #[arg(long)]
+        route: String,
+        /// The identity (user id, cookie value or client IP) to bucket.
+        #[arg(long)]
+        identity: String,
+        /// Print the admin API's explain object as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A self-contained demo: embedded stable and canary upstreams, the proxy and traffic.
+    Demo {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+/// Parses the process's arguments; usage errors exit 2 (clap's convention, SPEC's too).
+pub fn parse() -> Cli {
+    Cli::parse()
+}

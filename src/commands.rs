@@ -1,0 +1,163 @@
+//! One function per command; each returns the process's exit code (SPEC section 1).
+
+use crate::cli::{Cli, Command};
+use crate::runtime::{self, LoadError, Runtime};
+use rampart_core::decision::{self, NoGates};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Exit code for an invalid config.
+const EXIT_INVALID: u8 = 1;
+/// Exit code when a listener cannot bind.
+const EXIT_BIND: u8 = 3;
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            route,
+            identity,
+            json,
+        } => explain(&config, &route, &identity, json),
+        Command::Demo { seconds } => crate::demo::run(seconds),
+    }
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("RAMPART_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/rampart/rampart.yaml"))
+}
+
+fn worker_threads(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Builds the tokio runtime for `threads` data-plane workers: a single-threaded runtime
+/// when one CPU is all the sidecar gets, so no work hops between threads.
+pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+fn run(flag: Option<PathBuf>) -> ExitCode {
+    let path = config_path(flag);
+    let loaded = match runtime::load(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            tracing::error!(error = %e, "invalid config at start");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    for warning in loaded.config.warnings(SystemTime::now()) {
+        tracing::warn!(warning = %warning, "config warning");
+    }
+    let threads = worker_threads(loaded.config.threads);
+    let tokio = match tokio_runtime(threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rampart: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio.block_on(async move {
+        let bound = match runtime::bind(&loaded.config).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("rampart: {e}");
+                tracing::error!(error = %e, "listener cannot bind");
+                return ExitCode::from(EXIT_BIND);
+            }
+        };
+        tracing::info!(file = %path.display(), sha256 = %loaded.source.sha256, threads, "config loaded");
+        let runtime = match Runtime::new(loaded) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                eprintln!("rampart: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime::serve(runtime, bound, Some(path)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rampart: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Whether `file` sits in a Kubernetes ConfigMap volume (its directory has `..data`),
+/// where kubelet's symlink swap delivers updates.
+fn in_configmap_dir(file: &Path) -> bool {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join("..data").exists()
+}
+
+fn check(path: &Path) -> ExitCode {
+    match runtime::load(path) {
+        Ok(loaded) => {
+            let config = &loaded.config;
+            println!("ok: {} routes, {} upstreams", config.routes.len(), config.upstreams.len());
+            for warning in config.warnings(SystemTime::now()) {
+                println!("warning: {}: {warning}", path.display());
+            }
+            if !in_configmap_dir(path) {
+                println!(
+                    "warning: {}: not in a ConfigMap-style directory (no ..data beside it); in Kubernetes mount the ConfigMap as a directory, without subPath, or updates will not arrive",
+                    path.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
+    let loaded = match runtime::load(path) {
+        Ok(l) => l,
+        Err(e @ (LoadError::Invalid { .. } | LoadError::Read { .. } | LoadError::NotUtf8 { .. })) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let config = &loaded.config;
+    let Some(decision) = decision::explain(config, route, identity, &NoGates, None) else {
+        let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        eprintln!("rampart: unknown route {route:?} (routes: {})", known.join(", "));
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let backend = config
+        .route(route)
+        .and_then(|r| config.backend(r, decision.slot))
+        .map(|u| u.name.as_str())
+        .unwrap_or("");
+    let bucket = decision.bucket.map(|b| b.to_string()).unwrap_or_else(|| "-".to_string());
+    if json {
+        let object = serde_json::json!({
+            "route": route,
+            "bucket": decision.bucket,
+            "backend": backend,
+            "reason": decision.reason.as_str(),
+        });
+        println!("{object}");
+    } else {
+        println!("route={route} bucket={bucket} backend={backend} reason={}", decision.reason.as_str());
+    }
+    ExitCode::SUCCESS
+}

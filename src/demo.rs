@@ -1,0 +1,207 @@
+//! `rampart demo`: everything in one process, nothing to install. Two embedded upstreams
+//! (stable "v1", canary "v2") on loopback ports the OS picks, the real proxy in front of
+//! them with a 20 % canary split, and a traffic generator of many distinct identities,
+//! with a live summary once a second.
+
+use crate::runtime::{Loaded, Runtime};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_proxy::SnapshotSource;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+const DEMO_CONFIG: &str = r#"version: 1
+listen: 127.0.0.1:0
+metrics_listen: 127.0.0.1:0
+default_upstream: stable
+access_log: {sample: 0}
+upstreams:
+  stable: {url: "http://STABLE"}
+  canary: {url: "http://CANARY"}
+routes:
+  - name: checkout
+    kind: canary
+    owner: team-demo
+    match: {path_prefix: /checkout}
+    identity: [header:x-user-id]
+    split: [{backend: canary, percent: 20}]
+    breaker: {window: 5s, min_requests: 20, max_error_rate: 0.2, open_for: 3s}
+"#;
+
+/// Counters the traffic generator keeps.
+#[derive(Default)]
+struct Tally {
+    stable: AtomicU64,
+    canary: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn upstream(version: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let service = service_fn(move |_req: Request<Incoming>| async move {
+                let mut response = Response::new(Full::new(Bytes::from(format!("hello from {version}\n"))));
+                response
+                    .headers_mut()
+                    .insert("x-version", http::HeaderValue::from_static(version));
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs the demo for `seconds` and exits 0.
+pub fn run(seconds: u64) -> ExitCode {
+    let tokio = match crate::commands::tokio_runtime(2) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rampart demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tokio.block_on(demo(Duration::from_secs(seconds.max(1)))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(length: Duration) -> anyhow::Result<()> {
+    let stable = upstream("v1").await?;
+    let canary = upstream("v2").await?;
+    let text = DEMO_CONFIG
+        .replace("STABLE", &stable.to_string())
+        .replace("CANARY", &canary.to_string());
+    let config = rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("demo.yaml")))?;
+    let bound = crate::runtime::bind(&config).await?;
+    let proxy_addr = bound.proxy.local_addr()?;
+    let metrics_addr = bound.metrics.local_addr()?;
+    let runtime = Arc::new(Runtime::new(Loaded {
+        source: SnapshotSource {
+            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
+            path: None,
+        },
+        config,
+    })?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(rampart_proxy::server::serve(bound.proxy, Arc::clone(&runtime.state), stopped(stop_rx.clone())));
+    tokio::spawn(rampart_admin::metrics_server::serve(
+        bound.metrics,
+        runtime.registry.clone(),
+        Arc::clone(&runtime.readiness),
+        stopped(stop_rx.clone()),
+    ));
+    runtime.readiness.set(true);
+
+    println!("Rampart demo");
+    println!("  stable upstream \"v1\"  http://{stable}");
+    println!("  canary upstream \"v2\"  http://{canary}");
+    println!("  proxy                 http://{proxy_addr}   (route checkout: /checkout, 20 % canary by x-user-id)");
+    println!("  metrics               http://{metrics_addr}/metrics");
+    println!();
+    println!("{:>5}  {:>8}  {:>14}  {:>14}  {:>6}", "t(s)", "req/s", "stable v1", "canary v2", "errors");
+
+    let tally = Arc::new(Tally::default());
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + length;
+    let mut workers = Vec::new();
+    for worker in 0..8u64 {
+        let tally = Arc::clone(&tally);
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            let mut n: u64 = worker;
+            while Instant::now() < deadline {
+                n = n.wrapping_add(8);
+                let user = format!("user-{}", fastrand::u32(..100_000));
+                let request = Request::get(format!("http://{proxy_addr}/checkout/cart?n={n}"))
+                    .header("x-user-id", user)
+                    .body(Empty::new());
+                let Ok(request) = request else { continue };
+                match client.request(request).await {
+                    Ok(response) => {
+                        let version = response.headers().get("x-version").cloned();
+                        let ok = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        match (ok, version.as_ref().map(|v| v.as_bytes())) {
+                            (true, Some(b"v2")) => tally.canary.fetch_add(1, Ordering::Relaxed),
+                            (true, Some(_)) => tally.stable.fetch_add(1, Ordering::Relaxed),
+                            _ => tally.errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    Err(_) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // Keep the demo light on a shared machine: about 200 requests a second each.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut last_total = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let (s, c, e) = (
+            tally.stable.load(Ordering::Relaxed),
+            tally.canary.load(Ordering::Relaxed),
+            tally.errors.load(Ordering::Relaxed),
+        );
+        let total = s + c + e;
+        let share = |x: u64| if total == 0 { 0.0 } else { 100.0 * x as f64 / total as f64 };
+        println!(
+            "{:>5}  {:>8}  {:>7} {:>5.1}%  {:>7} {:>5.1}%  {:>6}",
+            started.elapsed().as_secs(),
+            total - last_total,
+            s,
+            share(s),
+            c,
+            share(c),
+            e
+        );
+        last_total = total;
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let (s, c, e) = (
+        tally.stable.load(Ordering::Relaxed),
+        tally.canary.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+    );
+    let total = (s + c + e).max(1);
+    println!();
+    println!(
+        "done: {} requests, {:.1} % to the canary (configured 20 %), {} errors",
+        s + c + e,
+        100.0 * c as f64 / total as f64,
+        e
+    );
+    let _ = stop_tx.send(true);
+    Ok(())
+}

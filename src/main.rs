@@ -1,0 +1,18 @@
+//! `rampart`: the sidecar's binary. Parses the command line (SPEC section 1) and hands each
+//! command to its module; only this crate uses `anyhow` and talks to the terminal.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod demo;
+mod logging;
+mod runtime;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    logging::init();
+    commands::dispatch(cli)
+}

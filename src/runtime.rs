@@ -1,0 +1,334 @@
+//! Wiring: loads a config, publishes it as a snapshot, binds the listeners, serves, reloads
+//! on SIGHUP, and drains on SIGTERM (SPEC sections 4 and 8).
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use prometheus::Registry;
+use rampart_admin::metrics_server::{self, Readiness};
+use rampart_core::config::{self, Config, ConfigErrors};
+use rampart_proxy::handler::ProxyState;
+use rampart_proxy::{Metrics, Snapshot, SnapshotSource};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid UTF-8.
+    #[error("{path}: not UTF-8 text")]
+    NotUtf8 {
+        /// The file.
+        path: String,
+    },
+    /// The file parsed or validated with errors.
+    #[error("{}", .errors.render(.path))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every error found.
+        errors: ConfigErrors,
+    },
+}
+
+/// A parsed, valid config and where it came from.
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Its file and sha256.
+    pub source: SnapshotSource,
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let display = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 { path: display.clone() })?;
+    let config = config::parse(text).map_err(|errors| LoadError::Invalid {
+        path: display.clone(),
+        errors,
+    })?;
+    Ok(Loaded {
+        config,
+        source: SnapshotSource {
+            sha256: config::sha256_hex(&bytes),
+            path: Some(path.to_path_buf()),
+        },
+    })
+}
+
+/// The running data plane's shared pieces.
+pub struct Runtime {
+    /// The proxy's state (snapshot and metrics).
+    pub state: Arc<ProxyState>,
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `/readyz`.
+    pub readiness: Arc<Readiness>,
+}
+
+impl Runtime {
+    /// Builds the runtime around a first config.
+    pub fn new(loaded: Loaded) -> anyhow::Result<Runtime> {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).context("registering metrics")?;
+        let config = Arc::new(loaded.config);
+        let snapshot = Snapshot::build(config, loaded.source, &metrics, None).context("building the first snapshot")?;
+        let state = Arc::new(ProxyState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+        });
+        let runtime = Runtime {
+            state,
+            registry,
+            readiness: Arc::new(Readiness::default()),
+        };
+        runtime.publish_config_metrics(None);
+        runtime.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        Ok(runtime)
+    }
+
+    /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools)
+    /// and swaps it in whole.
+    pub fn apply(&self, loaded: Loaded) -> anyhow::Result<()> {
+        let previous = self.state.snapshot.load_full();
+        let snapshot = Snapshot::build(Arc::new(loaded.config), loaded.source, &self.state.metrics, Some(&previous))?;
+        for warning in restart_only_changes(&previous.config, &snapshot.config) {
+            tracing::warn!(field = warning, "this setting changes only at restart; the rest of the new config is applied");
+        }
+        self.state.snapshot.store(Arc::new(snapshot));
+        self.publish_config_metrics(Some(&previous.config));
+        self.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        Ok(())
+    }
+
+    /// Re-reads `path`, applying it if it is valid and differs from what is applied.
+    pub fn reload(&self, path: &Path) {
+        let metrics = &self.state.metrics;
+        match load(path) {
+            Ok(loaded) => {
+                if loaded.source.sha256 == self.state.snapshot.load().source.sha256 {
+                    return;
+                }
+                let sha = loaded.source.sha256.clone();
+                match self.apply(loaded) {
+                    Ok(()) => tracing::info!(sha256 = %sha, file = %path.display(), "config applied"),
+                    Err(e) => {
+                        metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                        metrics.config_last_reload_successful.set(0);
+                        tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                metrics.config_last_reload_successful.set(0);
+                tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
+            }
+        }
+    }
+
+    /// Sets the config-derived gauges: info, expiry, kills, split ratios.
+    fn publish_config_metrics(&self, previous: Option<&Config>) {
+        let metrics = &self.state.metrics;
+        let snapshot = self.state.snapshot.load();
+        let config = &snapshot.config;
+        metrics.config_info.reset();
+        metrics
+            .config_info
+            .with_label_values(&[&config.version.to_string(), &snapshot.source.sha256])
+            .set(1);
+        metrics.config_last_reload_successful.set(1);
+        let now = SystemTime::now();
+        metrics
+            .config_last_reload_timestamp
+            .set(now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        if previous.is_some() {
+            metrics.route_expired.reset();
+            metrics.split_ratio.reset();
+            metrics.kill_active.reset();
+        }
+        let expired: Vec<&str> = config.expired_routes(now).iter().map(|r| r.name.as_str()).collect();
+        for warning in config.warnings(now) {
+            tracing::warn!(warning = %warning, "expired route");
+        }
+        for route in &config.routes {
+            metrics
+                .route_expired
+                .with_label_values(&[&route.name])
+                .set(i64::from(expired.contains(&route.name.as_str())));
+            let killed = route.killed.is_some();
+            metrics
+                .kill_active
+                .with_label_values(&[&route.name, "config"])
+                .set(i64::from(killed));
+            metrics.kill_active.with_label_values(&[&route.name, "admin"]).set(0);
+            for (slot, share) in route.shares(None) {
+                let Some(upstream) = config.backend(route, slot) else { continue };
+                let ratio = match (killed, slot.is_stable()) {
+                    (true, true) => 1.0,
+                    (true, false) => 0.0,
+                    _ => share.ratio(),
+                };
+                metrics.split_ratio.with_label_values(&[&route.name, &upstream.name]).set(ratio);
+            }
+        }
+    }
+}
+
+/// Names of settings that differ between two configs but apply only at restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        changed.push("metrics_listen");
+    }
+    if old.admin_listen != new.admin_listen {
+        changed.push("admin_listen");
+    }
+    if old.threads != new.threads {
+        changed.push("threads");
+    }
+    if old.state_dir != new.state_dir {
+        changed.push("state_dir");
+    }
+    changed
+}
+
+/// Why serving could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} on {addr}: {source}")]
+pub struct BindError {
+    /// Which listener.
+    pub what: &'static str,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
+/// Listeners bound and ready to serve.
+pub struct Bound {
+    /// The data-plane listener.
+    pub proxy: TcpListener,
+    /// The metrics listener.
+    pub metrics: TcpListener,
+}
+
+/// Binds the data-plane and metrics listeners of `config`.
+pub async fn bind(config: &Config) -> Result<Bound, BindError> {
+    let proxy = TcpListener::bind(config.listen).await.map_err(|source| BindError {
+        what: "listen",
+        addr: config.listen,
+        source,
+    })?;
+    let metrics = TcpListener::bind(config.metrics_listen).await.map_err(|source| BindError {
+        what: "metrics_listen",
+        addr: config.metrics_listen,
+        source,
+    })?;
+    Ok(Bound { proxy, metrics })
+}
+
+/// Serves until SIGTERM or SIGINT, then drains (SPEC section 4); reloads on SIGHUP.
+pub async fn serve(runtime: Arc<Runtime>, bound: Bound, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let metrics_task = tokio::spawn(metrics_server::serve(
+        bound.metrics,
+        runtime.registry.clone(),
+        Arc::clone(&runtime.readiness),
+        stopped(stop_rx.clone()),
+    ));
+    let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
+    let proxy_task = tokio::spawn(rampart_proxy::server::serve(
+        bound.proxy,
+        Arc::clone(&runtime.state),
+        stopped(proxy_stop_rx),
+    ));
+    runtime.readiness.set(true);
+    tracing::info!(
+        listen = %runtime.state.snapshot.load().config.listen,
+        metrics_listen = %runtime.state.snapshot.load().config.metrics_listen,
+        "rampart is serving"
+    );
+
+    let periodic = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Some(path) = &config_path {
+                runtime.reload(path);
+            }
+        }
+    };
+    tokio::pin!(periodic);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                if let Some(path) = &config_path {
+                    tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
+                    runtime.reload(path);
+                }
+            }
+            _ = &mut periodic => {}
+        }
+    }
+
+    // Drain: unready at once, keep serving for `delay` while endpoints are removed, then
+    // close listeners and let in-flight requests finish for up to `timeout`. A second
+    // SIGTERM or SIGINT skips what is left.
+    let drain = runtime.state.snapshot.load().config.drain;
+    runtime.readiness.set(false);
+    tracing::info!(delay = ?drain.delay, timeout = ?drain.timeout, "shutdown requested: draining");
+    let skip = async {
+        tokio::select! {
+            _ = sigterm.recv() => {},
+            _ = sigint.recv() => {},
+        }
+    };
+    tokio::pin!(skip);
+    let skipped = tokio::select! {
+        _ = tokio::time::sleep(drain.delay) => false,
+        _ = &mut skip => true,
+    };
+    let _ = proxy_stop_tx.send(true);
+    let graceful = proxy_task.await.context("the proxy listener task failed")?;
+    if !skipped {
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all in-flight requests finished"),
+            _ = tokio::time::sleep(drain.timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+            _ = &mut skip => tracing::warn!("second signal: skipping the rest of the drain"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = metrics_task.await;
+    tracing::info!("rampart stopped");
+    Ok(())
+}
