@@ -34,14 +34,20 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn worker_threads(configured: Option<usize>) -> usize {
-    configured.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    configured.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Builds the tokio runtime for `threads` data-plane workers: a single-threaded runtime
 /// when one CPU is all the sidecar gets, so no work hops between threads.
 pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -101,7 +107,10 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
 /// Whether `file` sits in a Kubernetes ConfigMap volume (its directory has `..data`),
 /// where kubelet's symlink swap delivers updates.
 fn in_configmap_dir(file: &Path) -> bool {
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     dir.join("..data").exists()
 }
 
@@ -109,7 +118,11 @@ fn check(path: &Path) -> ExitCode {
     match runtime::load(path) {
         Ok(loaded) => {
             let config = &loaded.config;
-            println!("ok: {} routes, {} upstreams", config.routes.len(), config.upstreams.len());
+            println!(
+                "ok: {} routes, {} upstreams",
+                config.routes.len(),
+                config.upstreams.len()
+            );
             for warning in config.warnings(SystemTime::now()) {
                 println!("warning: {}: {warning}", path.display());
             }
@@ -131,7 +144,9 @@ fn check(path: &Path) -> ExitCode {
 fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
     let loaded = match runtime::load(path) {
         Ok(l) => l,
-        Err(e @ (LoadError::Invalid { .. } | LoadError::Read { .. } | LoadError::NotUtf8 { .. })) => {
+        Err(
+            e @ (LoadError::Invalid { .. } | LoadError::Read { .. } | LoadError::NotUtf8 { .. }),
+        ) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_INVALID);
         }
@@ -139,7 +154,10 @@ fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
     let config = &loaded.config;
     let Some(decision) = decision::explain(config, route, identity, &NoGates, None) else {
         let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-        eprintln!("rampart: unknown route {route:?} (routes: {})", known.join(", "));
+        eprintln!(
+            "rampart: unknown route {route:?} (routes: {})",
+            known.join(", ")
+        );
         return ExitCode::from(EXIT_INVALID);
     };
     let backend = config
@@ -147,7 +165,10 @@ fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
         .and_then(|r| config.backend(r, decision.slot))
         .map(|u| u.name.as_str())
         .unwrap_or("");
-    let bucket = decision.bucket.map(|b| b.to_string()).unwrap_or_else(|| "-".to_string());
+    let bucket = decision
+        .bucket
+        .map(|b| b.to_string())
+        .unwrap_or_else(|| "-".to_string());
     if json {
         let object = serde_json::json!({
             "route": route,
@@ -157,7 +178,10 @@ fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
         });
         println!("{object}");
     } else {
-        println!("route={route} bucket={bucket} backend={backend} reason={}", decision.reason.as_str());
+        println!(
+            "route={route} bucket={bucket} backend={backend} reason={}",
+            decision.reason.as_str()
+        );
     }
     ExitCode::SUCCESS
 }

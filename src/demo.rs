@@ -51,9 +51,12 @@ async fn upstream(version: &'static str) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let service = service_fn(move |_req: Request<Incoming>| async move {
-                let mut response = Response::new(Full::new(Bytes::from(format!("hello from {version}\n"))));
+                let mut response =
+                    Response::new(Full::new(Bytes::from(format!("hello from {version}\n"))));
                 response
                     .headers_mut()
                     .insert("x-version", http::HeaderValue::from_static(version));
@@ -93,7 +96,8 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     let text = DEMO_CONFIG
         .replace("STABLE", &stable.to_string())
         .replace("CANARY", &canary.to_string());
-    let config = rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("demo.yaml")))?;
+    let config =
+        rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("demo.yaml")))?;
     let bound = crate::runtime::bind(&config).await?;
     let proxy_addr = bound.proxy.local_addr()?;
     let metrics_addr = bound.metrics.local_addr()?;
@@ -108,7 +112,11 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(rampart_proxy::server::serve(bound.proxy, Arc::clone(&runtime.state), stopped(stop_rx.clone())));
+    tokio::spawn(rampart_proxy::server::serve(
+        bound.proxy,
+        Arc::clone(&runtime.state),
+        stopped(stop_rx.clone()),
+    ));
     tokio::spawn(rampart_admin::metrics_server::serve(
         bound.metrics,
         runtime.registry.clone(),
@@ -123,7 +131,10 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     println!("  proxy                 http://{proxy_addr}   (route checkout: /checkout, 20 % canary by x-user-id)");
     println!("  metrics               http://{metrics_addr}/metrics");
     println!();
-    println!("{:>5}  {:>8}  {:>14}  {:>14}  {:>6}", "t(s)", "req/s", "stable v1", "canary v2", "errors");
+    println!(
+        "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}",
+        "t(s)", "req/s", "stable v1", "canary v2", "errors"
+    );
 
     let tally = Arc::new(Tally::default());
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -173,7 +184,13 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             tally.errors.load(Ordering::Relaxed),
         );
         let total = s + c + e;
-        let share = |x: u64| if total == 0 { 0.0 } else { 100.0 * x as f64 / total as f64 };
+        let share = |x: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * x as f64 / total as f64
+            }
+        };
         println!(
             "{:>5}  {:>8}  {:>7} {:>5.1}%  {:>7} {:>5.1}%  {:>6}",
             started.elapsed().as_secs(),

@@ -57,7 +57,9 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         path: display.clone(),
         source,
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 { path: display.clone() })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
+        path: display.clone(),
+    })?;
     let config = config::parse(text).map_err(|errors| LoadError::Invalid {
         path: display.clone(),
         errors,
@@ -87,7 +89,8 @@ impl Runtime {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         let config = Arc::new(loaded.config);
-        let snapshot = Snapshot::build(config, loaded.source, &metrics, None).context("building the first snapshot")?;
+        let snapshot = Snapshot::build(config, loaded.source, &metrics, None)
+            .context("building the first snapshot")?;
         let state = Arc::new(ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -98,7 +101,12 @@ impl Runtime {
             readiness: Arc::new(Readiness::default()),
         };
         runtime.publish_config_metrics(None);
-        runtime.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        runtime
+            .state
+            .metrics
+            .config_reloads
+            .with_label_values(&["applied"])
+            .inc();
         Ok(runtime)
     }
 
@@ -106,13 +114,25 @@ impl Runtime {
     /// and swaps it in whole.
     pub fn apply(&self, loaded: Loaded) -> anyhow::Result<()> {
         let previous = self.state.snapshot.load_full();
-        let snapshot = Snapshot::build(Arc::new(loaded.config), loaded.source, &self.state.metrics, Some(&previous))?;
+        let snapshot = Snapshot::build(
+            Arc::new(loaded.config),
+            loaded.source,
+            &self.state.metrics,
+            Some(&previous),
+        )?;
         for warning in restart_only_changes(&previous.config, &snapshot.config) {
-            tracing::warn!(field = warning, "this setting changes only at restart; the rest of the new config is applied");
+            tracing::warn!(
+                field = warning,
+                "this setting changes only at restart; the rest of the new config is applied"
+            );
         }
         self.state.snapshot.store(Arc::new(snapshot));
         self.publish_config_metrics(Some(&previous.config));
-        self.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        self.state
+            .metrics
+            .config_reloads
+            .with_label_values(&["applied"])
+            .inc();
         Ok(())
     }
 
@@ -126,16 +146,24 @@ impl Runtime {
                 }
                 let sha = loaded.source.sha256.clone();
                 match self.apply(loaded) {
-                    Ok(()) => tracing::info!(sha256 = %sha, file = %path.display(), "config applied"),
+                    Ok(()) => {
+                        tracing::info!(sha256 = %sha, file = %path.display(), "config applied")
+                    }
                     Err(e) => {
-                        metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                        metrics
+                            .config_reloads
+                            .with_label_values(&["rejected"])
+                            .inc();
                         metrics.config_last_reload_successful.set(0);
                         tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
                     }
                 }
             }
             Err(e) => {
-                metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
                 metrics.config_last_reload_successful.set(0);
                 tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
             }
@@ -154,15 +182,21 @@ impl Runtime {
             .set(1);
         metrics.config_last_reload_successful.set(1);
         let now = SystemTime::now();
-        metrics
-            .config_last_reload_timestamp
-            .set(now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        metrics.config_last_reload_timestamp.set(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
         if previous.is_some() {
             metrics.route_expired.reset();
             metrics.split_ratio.reset();
             metrics.kill_active.reset();
         }
-        let expired: Vec<&str> = config.expired_routes(now).iter().map(|r| r.name.as_str()).collect();
+        let expired: Vec<&str> = config
+            .expired_routes(now)
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
         for warning in config.warnings(now) {
             tracing::warn!(warning = %warning, "expired route");
         }
@@ -176,15 +210,23 @@ impl Runtime {
                 .kill_active
                 .with_label_values(&[&route.name, "config"])
                 .set(i64::from(killed));
-            metrics.kill_active.with_label_values(&[&route.name, "admin"]).set(0);
+            metrics
+                .kill_active
+                .with_label_values(&[&route.name, "admin"])
+                .set(0);
             for (slot, share) in route.shares(None) {
-                let Some(upstream) = config.backend(route, slot) else { continue };
+                let Some(upstream) = config.backend(route, slot) else {
+                    continue;
+                };
                 let ratio = match (killed, slot.is_stable()) {
                     (true, true) => 1.0,
                     (true, false) => 0.0,
                     _ => share.ratio(),
                 };
-                metrics.split_ratio.with_label_values(&[&route.name, &upstream.name]).set(ratio);
+                metrics
+                    .split_ratio
+                    .with_label_values(&[&route.name, &upstream.name])
+                    .set(ratio);
             }
         }
     }
@@ -233,21 +275,29 @@ pub struct Bound {
 
 /// Binds the data-plane and metrics listeners of `config`.
 pub async fn bind(config: &Config) -> Result<Bound, BindError> {
-    let proxy = TcpListener::bind(config.listen).await.map_err(|source| BindError {
-        what: "listen",
-        addr: config.listen,
-        source,
-    })?;
-    let metrics = TcpListener::bind(config.metrics_listen).await.map_err(|source| BindError {
-        what: "metrics_listen",
-        addr: config.metrics_listen,
-        source,
-    })?;
+    let proxy = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| BindError {
+            what: "listen",
+            addr: config.listen,
+            source,
+        })?;
+    let metrics = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| BindError {
+            what: "metrics_listen",
+            addr: config.metrics_listen,
+            source,
+        })?;
     Ok(Bound { proxy, metrics })
 }
 
 /// Serves until SIGTERM or SIGINT, then drains (SPEC section 4); reloads on SIGHUP.
-pub async fn serve(runtime: Arc<Runtime>, bound: Bound, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    bound: Bound,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -3,7 +3,7 @@
 //! shutdown has begun).
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, ALLOW};
+use http::header::{ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -38,17 +38,24 @@ impl Readiness {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 /// Answers one request on the metrics listener.
-pub fn respond(registry: &Registry, readiness: &Readiness, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn respond(
+    registry: &Registry,
+    readiness: &Readiness,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response.headers_mut().insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        response
+            .headers_mut()
+            .insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
         return response;
     }
     match request.uri().path() {
@@ -57,7 +64,10 @@ pub fn respond(registry: &Registry, readiness: &Readiness, request: &Request<Inc
             let mut buffer = Vec::with_capacity(16 * 1024);
             if let Err(e) = encoder.encode(&registry.gather(), &mut buffer) {
                 tracing::error!(error = %e, "metrics encoding failed");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                );
             }
             let mut response = Response::new(Full::new(Bytes::from(buffer)));
             if let Ok(v) = http::HeaderValue::from_str(encoder.format_type()) {
@@ -68,12 +78,20 @@ pub fn respond(registry: &Registry, readiness: &Readiness, request: &Request<Inc
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
     }
 }
 
 /// Serves the metrics listener until `stop` resolves.
-pub async fn serve(listener: TcpListener, registry: Registry, readiness: Arc<Readiness>, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    stop: impl Future<Output = ()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(stop);
     loop {
@@ -81,14 +99,18 @@ pub async fn serve(listener: TcpListener, registry: Registry, readiness: Arc<Rea
             _ = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _peer)) = accepted else { continue };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
         let registry = registry.clone();
         let readiness = Arc::clone(&readiness);
         let service = service_fn(move |request: Request<Incoming>| {
             let response = respond(&registry, &readiness, &request);
             async move { Ok::<_, Infallible>(response) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -170,7 +170,12 @@ pub fn candidate<F: RequestFacts + ?Sized>(
 }
 
 /// Applies the gates to a candidate: the first that fails sends the request to stable.
-pub fn gate<G: Gates + ?Sized>(route_index: usize, route: &Route, decision: Decision, gates: &G) -> Decision {
+pub fn gate<G: Gates + ?Sized>(
+    route_index: usize,
+    route: &Route,
+    decision: Decision,
+    gates: &G,
+) -> Decision {
     if decision.slot.is_stable() {
         return decision;
     }
@@ -229,6 +234,13 @@ pub fn explain<G: Gates + ?Sized>(
 ) -> Option<Decision> {
     let index = config.routes.iter().position(|r| r.name == route_name)?;
     let route = config.routes.get(index)?;
-    let c = candidate(config, route, &IdentityOnly, Some(identity), || 0, first_entry);
+    let c = candidate(
+        config,
+        route,
+        &IdentityOnly,
+        Some(identity),
+        || 0,
+        first_entry,
+    );
     Some(gate(index, route, c, gates))
 }

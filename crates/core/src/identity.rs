@@ -163,14 +163,24 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
         let proxies = nets(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(ip("192.0.2.1"), ["203.0.113.9"], &proxies), ip("192.0.2.1"));
-        assert_eq!(client_ip(ip("192.0.2.1"), ["203.0.113.9"], &[]), ip("192.0.2.1"));
+        assert_eq!(
+            client_ip(ip("192.0.2.1"), ["203.0.113.9"], &proxies),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            client_ip(ip("192.0.2.1"), ["203.0.113.9"], &[]),
+            ip("192.0.2.1")
+        );
     }
 
     #[test]
     fn a_trusted_peer_yields_the_rightmost_untrusted_forwarded_address() {
         let proxies = nets(&["10.0.0.0/8"]);
-        let got = client_ip(ip("10.0.0.1"), ["198.51.100.7, 203.0.113.9, 10.0.0.2"], &proxies);
+        let got = client_ip(
+            ip("10.0.0.1"),
+            ["198.51.100.7, 203.0.113.9, 10.0.0.2"],
+            &proxies,
+        );
         assert_eq!(got, ip("203.0.113.9"));
         let two_headers = client_ip(ip("10.0.0.1"), ["198.51.100.7", "203.0.113.9"], &proxies);
         assert_eq!(two_headers, ip("203.0.113.9"));
@@ -179,7 +189,10 @@ mod tests {
     #[test]
     fn all_trusted_forwarded_addresses_yield_the_leftmost() {
         let proxies = nets(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(ip("10.0.0.1"), ["10.0.0.3, 10.0.0.2"], &proxies), ip("10.0.0.3"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["10.0.0.3, 10.0.0.2"], &proxies),
+            ip("10.0.0.3")
+        );
         assert_eq!(client_ip(ip("10.0.0.1"), [], &proxies), ip("10.0.0.1"));
     }
 }

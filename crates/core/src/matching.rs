@@ -29,8 +29,7 @@ pub fn matches<F: RequestFacts + ?Sized>(m: &RouteMatch, facts: &F) -> bool {
     path_matches(&m.path_prefix, facts.path())
         && (m.methods.is_empty() || m.methods.iter().any(|x| x == facts.method()))
         && (m.hosts.is_empty() || facts.host().is_some_and(|h| host_matches(&m.hosts, h)))
-        && m
-            .headers
+        && m.headers
             .iter()
             .all(|(name, value)| facts.header(name) == Some(value.as_str()))
 }
@@ -59,7 +58,9 @@ fn strip_port(host: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
         _ => host,
     }
 }

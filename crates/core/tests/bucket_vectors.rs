@@ -17,8 +17,16 @@ fn all_shared_bucket_vectors_hold() {
             panic!("malformed vector line {line:?}");
         };
         let key = format!("{salt}:{identity}");
-        assert_eq!(murmur3_x86_32(key.as_bytes()).to_string(), hash, "hash of {key:?}");
-        assert_eq!(bucket_of(salt, identity).to_string(), bucket, "bucket of {key:?}");
+        assert_eq!(
+            murmur3_x86_32(key.as_bytes()).to_string(),
+            hash,
+            "hash of {key:?}"
+        );
+        assert_eq!(
+            bucket_of(salt, identity).to_string(),
+            bucket,
+            "bucket of {key:?}"
+        );
         checked += 1;
     }
     assert_eq!(checked, 720, "the vector file holds 720 vectors");

@@ -39,9 +39,13 @@ fn a_valid_config_parses_with_exact_bucket_counts() {
 
 #[test]
 fn unknown_backend_names_its_path_and_position() {
-    let out = rendered("routes:\n  - name: checkout\n    split: [{backend: nosuch, percent: 10}]\n");
+    let out =
+        rendered("routes:\n  - name: checkout\n    split: [{backend: nosuch, percent: 10}]\n");
     assert!(out.contains("f.yaml:10:"), "{out}");
-    assert!(out.contains("routes[0].split[0].backend: unknown upstream \"nosuch\""), "{out}");
+    assert!(
+        out.contains("routes[0].split[0].backend: unknown upstream \"nosuch\""),
+        "{out}"
+    );
 }
 
 #[test]
@@ -53,7 +57,8 @@ fn unknown_field_is_reported_with_position_and_path() {
 
 #[test]
 fn type_error_has_a_position() {
-    let out = rendered("routes:\n  - name: checkout\n    split: [{backend: canary, percent: lots}]\n");
+    let out =
+        rendered("routes:\n  - name: checkout\n    split: [{backend: canary, percent: lots}]\n");
     assert!(out.starts_with("f.yaml:10:"), "{out}");
     assert!(out.contains("percent"), "{out}");
 }
@@ -64,7 +69,10 @@ fn syntax_error_has_a_position() {
     assert!(out.starts_with("f.yaml:"), "{out}");
     let mut parts = out.splitn(4, ':');
     parts.next();
-    assert!(parts.next().is_some_and(|l| l.parse::<u32>().is_ok()), "{out}");
+    assert!(
+        parts.next().is_some_and(|l| l.parse::<u32>().is_ok()),
+        "{out}"
+    );
 }
 
 #[test]
@@ -78,21 +86,40 @@ fn every_error_of_a_file_is_reported() {
 
 #[test]
 fn route_kinds_are_held_to_their_shapes() {
-    let toggle = rendered("routes:\n  - name: t\n    kind: toggle\n    split: [{backend: canary, percent: 10}]\n");
-    assert!(toggle.contains("routes[0].split[0].percent: a toggle splits 0 or 100 %"), "{toggle}");
-    let gate = rendered("routes:\n  - name: g\n    kind: gate\n    split: [{backend: canary, percent: 10}]\n");
+    let toggle = rendered(
+        "routes:\n  - name: t\n    kind: toggle\n    split: [{backend: canary, percent: 10}]\n",
+    );
+    assert!(
+        toggle.contains("routes[0].split[0].percent: a toggle splits 0 or 100 %"),
+        "{toggle}"
+    );
+    let gate = rendered(
+        "routes:\n  - name: g\n    kind: gate\n    split: [{backend: canary, percent: 10}]\n",
+    );
     assert!(gate.contains("a gate routes by overrides only"), "{gate}");
-    assert!(gate.contains("a gate needs at least one override"), "{gate}");
+    assert!(
+        gate.contains("a gate needs at least one override"),
+        "{gate}"
+    );
     let experiment = rendered("routes:\n  - name: e\n    kind: experiment\n");
-    assert!(experiment.contains("an experiment needs one or more variants"), "{experiment}");
+    assert!(
+        experiment.contains("an experiment needs one or more variants"),
+        "{experiment}"
+    );
     let rollout = rendered("routes:\n  - name: r\n    split: [{backend: canary, percent: 5}]\n    rollout: {steps: [1, 5], step_interval: 1m}\n");
-    assert!(rollout.contains("routes[0].split[0].percent: a rollout drives this percent"), "{rollout}");
+    assert!(
+        rollout.contains("routes[0].split[0].percent: a rollout drives this percent"),
+        "{rollout}"
+    );
 }
 
 #[test]
 fn rollout_sum_counts_the_largest_step() {
     let out = rendered("routes:\n  - name: r\n    split: [{backend: canary}, {backend: stable, percent: 60}]\n    rollout: {steps: [10, 50], step_interval: 1m}\n");
-    assert!(out.contains("sum to 110 (with the rollout's largest step)"), "{out}");
+    assert!(
+        out.contains("sum to 110 (with the rollout's largest step)"),
+        "{out}"
+    );
 }
 
 #[test]

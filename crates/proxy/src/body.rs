@@ -77,7 +77,10 @@ impl Body for ReclaimableBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.body.is_none() {
             let taken = self.slot.lock().ok().and_then(|mut s| s.take());
             match taken {
@@ -117,7 +120,10 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ReqBodyProj::Streamed { body } => body.poll_frame(cx).map_err(Into::into),
             ReqBodyProj::Reclaimable { body } => body.poll_frame(cx),
@@ -172,7 +178,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -217,7 +226,9 @@ impl RespBody {
 
     /// An empty body.
     pub fn empty() -> RespBody {
-        RespBody::Own { body: Full::new(Bytes::new()) }
+        RespBody::Own {
+            body: Full::new(Bytes::new()),
+        }
     }
 }
 
@@ -225,7 +236,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             RespBodyProj::Upstream { body, guard } => {
                 let polled = body.poll_frame(cx);

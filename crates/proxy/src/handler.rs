@@ -67,7 +67,10 @@ impl AttemptFailure {
     }
 
     fn nothing_sent(self) -> bool {
-        matches!(self, AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout)
+        matches!(
+            self,
+            AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout
+        )
     }
 }
 
@@ -102,7 +105,11 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// trailers-only HTTP 200 carrying `grpc-status` 14 (4 for timeouts).
 pub fn own_response(status: StatusCode, error: &'static str, grpc: bool) -> Response<RespBody> {
     if grpc {
-        let code = if status == StatusCode::GATEWAY_TIMEOUT { "4" } else { "14" };
+        let code = if status == StatusCode::GATEWAY_TIMEOUT {
+            "4"
+        } else {
+            "14"
+        };
         let mut response = Response::new(RespBody::empty());
         let headers = response.headers_mut();
         headers.insert(&X_RAMPART_ERROR, HeaderValue::from_static(error));
@@ -121,7 +128,10 @@ pub fn own_response(status: StatusCode, error: &'static str, grpc: bool) -> Resp
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(&X_RAMPART_ERROR, HeaderValue::from_static(error));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
@@ -184,7 +194,9 @@ impl ProxyState {
                             || fastrand::u16(..rampart_core::bucket::BUCKETS),
                             None,
                         );
-                        let gates = SnapshotGates { snapshot: &snapshot };
+                        let gates = SnapshotGates {
+                            snapshot: &snapshot,
+                        };
                         (Some(index), decision::gate(index, route, candidate, &gates))
                     }
                     None => (None, default_decision()),
@@ -218,14 +230,27 @@ impl ProxyState {
                 guard = upstream_of(BackendSlot::STABLE).and_then(|s| s.try_acquire());
             }
             if guard.is_none() && decision.slot.is_stable() {
-                if let Some(c) = route_rt.bulkhead_rejections.get(0) {
+                if let Some(c) = route_rt.bulkhead_rejections.first() {
                     c.inc();
                 }
             }
         }
         let (Some(upstream), Some(guard)) = (upstream_of(decision.slot), guard) else {
             let response = own_response(StatusCode::SERVICE_UNAVAILABLE, "bulkhead", grpc);
-            self.finish(&parts, route_rt, None, &decision, started, Outcome { status: 503, slot: decision.slot, own: true, fallback: None, upstream_error: Some("bulkhead") });
+            self.finish(
+                &parts,
+                route_rt,
+                None,
+                &decision,
+                started,
+                Outcome {
+                    status: 503,
+                    slot: decision.slot,
+                    own: true,
+                    fallback: None,
+                    upstream_error: Some("bulkhead"),
+                },
+            );
             return response;
         };
 
@@ -234,7 +259,9 @@ impl ProxyState {
         headers::strip_hop_by_hop(&mut parts.headers, keep_te);
         parts.headers.remove(&X_RAMPART_ROUTE);
         parts.headers.remove(&X_RAMPART_BACKEND);
-        parts.headers.insert(&X_RAMPART_ROUTE, route_rt.name.clone());
+        parts
+            .headers
+            .insert(&X_RAMPART_ROUTE, route_rt.name.clone());
         let peer_text = IpText::new(peer_ip);
         headers::append_forwarded_for(&mut parts.headers, peer_text.as_str());
         parts.headers.insert(
@@ -242,10 +269,16 @@ impl ProxyState {
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
         if !parts.headers.contains_key(&X_REQUEST_ID) {
-            parts.headers.insert(&X_REQUEST_ID, headers::new_request_id());
+            parts
+                .headers
+                .insert(&X_REQUEST_ID, headers::new_request_id());
         }
         if !parts.headers.contains_key(HOST) {
-            if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 parts.headers.insert(HOST, host);
             }
         }
@@ -255,8 +288,8 @@ impl ProxyState {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let may_fall_back = !decision.slot.is_stable()
-            && route.is_some_and(|r| r.fallback != Fallback::Never);
+        let may_fall_back =
+            !decision.slot.is_stable() && route.is_some_and(|r| r.fallback != Fallback::Never);
         let (first_body, reclaim) = if may_fall_back {
             let (b, r) = reclaimable(body);
             (ReqBody::Reclaimable { body: b }, Some(r))
@@ -265,7 +298,14 @@ impl ProxyState {
         };
 
         let first = self
-            .attempt(upstream, &parts, route_rt, decision.slot, path_and_query.clone(), first_body)
+            .attempt(
+                upstream,
+                &parts,
+                route_rt,
+                decision.slot,
+                path_and_query.clone(),
+                first_body,
+            )
             .await;
         let (result, served_slot, served_guard, fallback) = match first {
             Err(failure) if failure.nothing_sent() && may_fall_back => {
@@ -285,13 +325,39 @@ impl ProxyState {
                     (Some(stable), Some(body)) => match stable.try_acquire() {
                         Some(stable_guard) => {
                             let retried = self
-                                .attempt(stable, &parts, route_rt, BackendSlot::STABLE, path_and_query, ReqBody::Streamed { body })
+                                .attempt(
+                                    stable,
+                                    &parts,
+                                    route_rt,
+                                    BackendSlot::STABLE,
+                                    path_and_query,
+                                    ReqBody::Streamed { body },
+                                )
                                 .await;
-                            (retried, BackendSlot::STABLE, Some(stable_guard), Some("connect_failure"))
+                            (
+                                retried,
+                                BackendSlot::STABLE,
+                                Some(stable_guard),
+                                Some("connect_failure"),
+                            )
                         }
                         None => {
-                            let response = own_response(StatusCode::SERVICE_UNAVAILABLE, "bulkhead", grpc);
-                            self.finish(&parts, route_rt, None, &decision, started, Outcome { status: 503, slot: BackendSlot::STABLE, own: true, fallback: Some("connect_failure"), upstream_error: Some("bulkhead") });
+                            let response =
+                                own_response(StatusCode::SERVICE_UNAVAILABLE, "bulkhead", grpc);
+                            self.finish(
+                                &parts,
+                                route_rt,
+                                None,
+                                &decision,
+                                started,
+                                Outcome {
+                                    status: 503,
+                                    slot: BackendSlot::STABLE,
+                                    own: true,
+                                    fallback: Some("connect_failure"),
+                                    upstream_error: Some("bulkhead"),
+                                },
+                            );
                             return response;
                         }
                     },
@@ -307,7 +373,20 @@ impl ProxyState {
                 headers::strip_hop_by_hop(&mut head.headers, false);
                 let status = head.status.as_u16();
                 let metrics = route_rt.backends.get(served_slot.index());
-                self.finish(&parts, route_rt, metrics, &decision, started, Outcome { status, slot: served_slot, own: false, fallback, upstream_error: None });
+                self.finish(
+                    &parts,
+                    route_rt,
+                    metrics,
+                    &decision,
+                    started,
+                    Outcome {
+                        status,
+                        slot: served_slot,
+                        own: false,
+                        fallback,
+                        upstream_error: None,
+                    },
+                );
                 let body = RespBody::Upstream {
                     body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
                     guard: served_guard,
@@ -317,7 +396,20 @@ impl ProxyState {
             Err(failure) => {
                 drop(served_guard);
                 let status = failure.status();
-                self.finish(&parts, route_rt, None, &decision, started, Outcome { status: status.as_u16(), slot: served_slot, own: true, fallback, upstream_error: Some(failure.error_name()) });
+                self.finish(
+                    &parts,
+                    route_rt,
+                    None,
+                    &decision,
+                    started,
+                    Outcome {
+                        status: status.as_u16(),
+                        slot: served_slot,
+                        own: true,
+                        fallback,
+                        upstream_error: Some(failure.error_name()),
+                    },
+                );
                 own_response(status, failure.error_name(), grpc)
             }
         }
@@ -347,9 +439,15 @@ impl ProxyState {
         };
         *request.headers_mut() = parts.headers.clone();
         if let Some(name) = route_rt.backend_names.get(slot.index()) {
-            request.headers_mut().insert(&X_RAMPART_BACKEND, name.clone());
+            request
+                .headers_mut()
+                .insert(&X_RAMPART_BACKEND, name.clone());
         }
-        let sent = tokio::time::timeout(upstream.config.request_timeout, upstream.client.request(request)).await;
+        let sent = tokio::time::timeout(
+            upstream.config.request_timeout,
+            upstream.client.request(request),
+        )
+        .await;
         let result = match sent {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
@@ -357,7 +455,11 @@ impl ProxyState {
         };
         if let Some(m) = route_rt.backends.get(slot.index()) {
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
-            if ok { m.attempt_ok.inc() } else { m.attempt_error.inc() }
+            if ok {
+                m.attempt_ok.inc()
+            } else {
+                m.attempt_error.inc()
+            }
         }
         result
     }
@@ -373,7 +475,11 @@ impl ProxyState {
         outcome: Outcome,
     ) {
         let elapsed = started.elapsed();
-        let metrics = if outcome.own { &route_rt.own } else { backend_metrics.unwrap_or(&route_rt.own) };
+        let metrics = if outcome.own {
+            &route_rt.own
+        } else {
+            backend_metrics.unwrap_or(&route_rt.own)
+        };
         let class = code_class_index(outcome.status);
         if let Some(counter) = metrics.requests.get(class) {
             counter.inc();

@@ -2,7 +2,9 @@
 //! dropped per RFC 9110 section 7.6.1, forwarding headers set, Rampart's own headers
 //! stripped from the client and set for the upstream.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// `x-rampart-route`, sent to upstreams.
 pub static X_RAMPART_ROUTE: HeaderName = HeaderName::from_static("x-rampart-route");
@@ -46,8 +48,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
         && headers
             .get(TE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &TRAILER] {
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TRAILER,
+    ] {
         headers.remove(name);
     }
     headers.remove(TE);
@@ -125,7 +136,10 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, "127.0.0.1");
-        assert_eq!(h.get(&X_FORWARDED_FOR), Some(&HeaderValue::from_static("127.0.0.1")));
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR),
+            Some(&HeaderValue::from_static("127.0.0.1"))
+        );
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         append_forwarded_for(&mut h, "192.0.2.1");
         assert_eq!(

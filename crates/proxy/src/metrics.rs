@@ -68,12 +68,22 @@ pub const MALFORMED_REASONS: &[&str] = &[
 impl Metrics {
     /// Creates every family and registers it into `registry`.
     pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
-        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+        fn counter(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> Result<IntCounterVec, prometheus::Error> {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             r.register(Box::new(c.clone()))?;
             Ok(c)
         }
-        fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+        fn gauge(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
             r.register(Box::new(g.clone()))?;
             Ok(g)
@@ -88,7 +98,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(duration.clone()))?;
         let split_ratio = GaugeVec::new(
-            Opts::new("rampart_split_ratio", "Effective share of the route's buckets each backend gets now, 0..1."),
+            Opts::new(
+                "rampart_split_ratio",
+                "Effective share of the route's buckets each backend gets now, 0..1.",
+            ),
             &["route", "backend"],
         )?;
         registry.register(Box::new(split_ratio.clone()))?;
@@ -124,7 +137,9 @@ impl Metrics {
             build_info: gauge(registry, "rampart_build_info", "Rampart's version; value 1.", &["version"])?,
             config_last_reload_timestamp,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for reason in MALFORMED_REASONS {
             m.malformed.with_label_values(&[reason]);
         }

@@ -36,7 +36,11 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// Serves the data plane on `listener` until `stop` resolves, then stops accepting and
 /// returns the handle that waits for open connections to finish (after telling
 /// keep-alive connections to close and HTTP/2 peers GOAWAY).
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: impl Future<Output = ()>) -> GracefulShutdown {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    stop: impl Future<Output = ()>,
+) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
     let builder = builder();
     tokio::pin!(stop);

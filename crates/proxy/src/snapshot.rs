@@ -54,10 +54,13 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     fn new(metrics: &Metrics, route: &str, backend: &str) -> BackendMetrics {
         BackendMetrics {
-            requests: CODE_CLASSES.map(|class| metrics.requests.with_label_values(&[route, backend, class])),
+            requests: CODE_CLASSES
+                .map(|class| metrics.requests.with_label_values(&[route, backend, class])),
             duration: metrics.duration.with_label_values(&[route, backend]),
             attempt_ok: metrics.attempts.with_label_values(&[route, backend, "ok"]),
-            attempt_error: metrics.attempts.with_label_values(&[route, backend, "error"]),
+            attempt_error: metrics
+                .attempts
+                .with_label_values(&[route, backend, "error"]),
         }
     }
 }
@@ -104,17 +107,15 @@ impl Snapshot {
     ) -> Result<Snapshot, UpstreamError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
-            let reused = previous.and_then(|p| {
-                p.upstreams
-                    .iter()
-                    .find(|u| u.config == *upstream)
-                    .cloned()
-            });
+            let reused =
+                previous.and_then(|p| p.upstreams.iter().find(|u| u.config == *upstream).cloned());
             let runtime = match reused {
                 Some(r) => r,
                 None => Arc::new(UpstreamRuntime::new(
                     upstream.clone(),
-                    metrics.upstream_inflight.with_label_values(&[&upstream.name]),
+                    metrics
+                        .upstream_inflight
+                        .with_label_values(&[&upstream.name]),
                 )?),
             };
             metrics
@@ -136,7 +137,9 @@ impl Snapshot {
             name: HeaderValue::from_static(DEFAULT_ROUTE),
             backends: vec![BackendMetrics::new(metrics, DEFAULT_ROUTE, &default_name)],
             backend_names: vec![header_value(&default_name)],
-            bulkhead_rejections: vec![metrics.bulkhead_rejections.with_label_values(&[DEFAULT_ROUTE, &default_name])],
+            bulkhead_rejections: vec![metrics
+                .bulkhead_rejections
+                .with_label_values(&[DEFAULT_ROUTE, &default_name])],
             own: BackendMetrics::new(metrics, DEFAULT_ROUTE, OWN_BACKEND),
         };
         Ok(Snapshot {
@@ -160,11 +163,19 @@ fn route_runtime(config: &Config, metrics: &Metrics, route: &Route) -> RouteRunt
     let backend_names: Vec<&str> = route
         .backends
         .iter()
-        .map(|id| config.upstream(*id).map(|u| u.name.as_str()).unwrap_or_default())
+        .map(|id| {
+            config
+                .upstream(*id)
+                .map(|u| u.name.as_str())
+                .unwrap_or_default()
+        })
         .collect();
     RouteRuntime {
         name: header_value(name),
-        backends: backend_names.iter().map(|b| BackendMetrics::new(metrics, name, b)).collect(),
+        backends: backend_names
+            .iter()
+            .map(|b| BackendMetrics::new(metrics, name, b))
+            .collect(),
         backend_names: backend_names.iter().map(|b| header_value(b)).collect(),
         bulkhead_rejections: backend_names
             .iter()

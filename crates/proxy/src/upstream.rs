@@ -47,7 +47,10 @@ pub struct UpstreamRuntime {
 
 impl UpstreamRuntime {
     /// Builds the client for `config`; `inflight_gauge` is its `rampart_upstream_inflight` series.
-    pub fn new(config: Upstream, inflight_gauge: IntGauge) -> Result<UpstreamRuntime, UpstreamError> {
+    pub fn new(
+        config: Upstream,
+        inflight_gauge: IntGauge,
+    ) -> Result<UpstreamRuntime, UpstreamError> {
         let authority = Authority::from_maybe_shared(bytes::Bytes::from(config.authority.clone()))
             .map_err(|_| UpstreamError::Authority {
                 name: config.name.clone(),
@@ -85,7 +88,9 @@ impl UpstreamRuntime {
         let limit = self.config.max_inflight.unwrap_or(u32::MAX);
         let previous = self
             .inflight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .ok()?;
         let _ = previous;
         self.inflight_gauge.inc();

@@ -45,7 +45,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl ConfigErrors {
     /// Each error as `FILE:LINE:COL: path: message`, one a line.
     pub fn render(&self, file: &str) -> String {
-        self.0.iter().map(|e| e.render(file)).collect::<Vec<_>>().join("\n")
+        self.0
+            .iter()
+            .map(|e| e.render(file))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -85,7 +85,10 @@ impl Config {
 
     /// The upstream behind a route's backend slot.
     pub fn backend(&self, route: &Route, slot: BackendSlot) -> Option<&Upstream> {
-        route.backends.get(slot.index()).and_then(|id| self.upstream(*id))
+        route
+            .backends
+            .get(slot.index())
+            .and_then(|id| self.upstream(*id))
     }
 
     /// The id of the upstream with this name.

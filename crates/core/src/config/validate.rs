@@ -31,12 +31,15 @@ fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
+            path = field_path(e.path());
             e.into_inner()
         })
     });
     result.map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
         let message = strip_position(&e.without_snippet().to_string());
         ConfigError {
             line,
@@ -47,17 +50,50 @@ fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
     })
 }
 
-/// Drops saphyr's own `line N column M:` prefix: the position is rendered separately.
+/// The user's field path of a serde path: `routes[0].split[0].backend`.
+///
+/// [`Spanned`] nodes deserialize through an inner `value` field, which the user never
+/// wrote; such a segment is dropped unless it follows a dropped one (a real field named
+/// `value` inside a spanned node).
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    let mut dropped_value = false;
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                dropped_value = false;
+            }
+            Segment::Map { key } if key == "value" && !dropped_value => dropped_value = true,
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+                dropped_value = false;
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Drops saphyr's own position text (`line N column M:` before, `at line N, column M`
+/// after): the position is rendered separately.
 fn strip_position(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message).trim();
+    let mut first = message.lines().next().unwrap_or(message).trim();
     if let Some(rest) = first.strip_prefix("line ") {
         if let Some((_, after)) = rest.split_once(": ") {
             if rest.contains("column") {
-                return after.to_string();
+                first = after;
             }
         }
     }
-    first.to_string()
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
 }
 
 #[derive(Default)]
@@ -95,9 +131,8 @@ fn is_upstream_name(name: &str) -> bool {
 /// RFC 9110 token characters, for header names and methods.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Hundredths of a percent as decimal text (`10025` -> `100.25`), for sums above 100.
@@ -139,7 +174,9 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
     } else if let Some(rest) = url.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else {
-        return Err(format!("invalid url {url:?}: must start with http:// or https://"));
+        return Err(format!(
+            "invalid url {url:?}: must start with http:// or https://"
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -156,7 +193,9 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
             .split_once(']')
             .ok_or_else(|| format!("invalid url {url:?}: unclosed '[' in host"))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("invalid url {url:?}: bad port"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("invalid url {url:?}: bad port"))?,
             None if after.is_empty() => default_port,
             None => return Err(format!("invalid url {url:?}: bad host")),
         };
@@ -165,13 +204,16 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
         match authority.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse().map_err(|_| format!("invalid url {url:?}: bad port {p:?}"))?,
+                p.parse()
+                    .map_err(|_| format!("invalid url {url:?}: bad port {p:?}"))?,
             ),
             None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() || port == 0 {
-        return Err(format!("invalid url {url:?}: host and a non-zero port are required"));
+        return Err(format!(
+            "invalid url {url:?}: host and a non-zero port are required"
+        ));
     }
     Ok(ParsedUrl {
         scheme,
@@ -190,20 +232,27 @@ impl Validator {
         });
     }
 
-    fn addr(&mut self, value: &Option<Spanned<String>>, path: &str, default: Option<SocketAddr>) -> Option<SocketAddr> {
+    fn addr(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        path: &str,
+        default: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
         match value {
             None => default,
-            Some(s) => match s.value.trim().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.err(
+            Some(s) => {
+                match s.value.trim().parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        self.err(
                         s.referenced,
                         path,
                         format!("invalid listen address {:?}: expected IP:PORT such as 0.0.0.0:8080", s.value),
                     );
-                    default
+                        default
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -212,11 +261,18 @@ impl Validator {
             self.err(
                 raw.version.referenced,
                 "version",
-                format!("unsupported version {}: this Rampart reads version 1", raw.version.value),
+                format!(
+                    "unsupported version {}: this Rampart reads version 1",
+                    raw.version.value
+                ),
             );
         }
         let listen = self.addr(&raw.listen, "listen", Some(default_listen(8080)));
-        let metrics_listen = self.addr(&raw.metrics_listen, "metrics_listen", Some(default_listen(9090)));
+        let metrics_listen = self.addr(
+            &raw.metrics_listen,
+            "metrics_listen",
+            Some(default_listen(9090)),
+        );
         let admin_listen = self.addr(&raw.admin_listen, "admin_listen", None);
         let tls = raw.tls.as_ref().map(|t| TlsFiles {
             cert_file: PathBuf::from(&t.value.cert_file),
@@ -227,7 +283,9 @@ impl Validator {
                 self.err(
                     raw_admin.referenced,
                     "admin_listen",
-                    format!("{admin} is not a loopback address: the admin API off loopback needs `tls`"),
+                    format!(
+                        "{admin} is not a loopback address: the admin API off loopback needs `tls`"
+                    ),
                 );
             }
         }
@@ -238,15 +296,28 @@ impl Validator {
             ("admin_listen", admin_listen, &raw.admin_listen),
         ] {
             let Some(addr) = addr else { continue };
-            if let Some((other, _)) = bound.iter().find(|(_, a)| a.port() == addr.port() && addr.port() != 0 && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())) {
-                let at = raw_addr.as_ref().map(|s| s.referenced).unwrap_or(Location::UNKNOWN);
+            if let Some((other, _)) = bound.iter().find(|(_, a)| {
+                a.port() == addr.port()
+                    && addr.port() != 0
+                    && (a.ip() == addr.ip()
+                        || a.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            }) {
+                let at = raw_addr
+                    .as_ref()
+                    .map(|s| s.referenced)
+                    .unwrap_or(Location::UNKNOWN);
                 self.err(at, name, format!("{addr} is also used by {other}"));
             }
             bound.push((name, addr));
         }
         let threads = raw.threads.as_ref().and_then(|t| {
             if t.value == 0 || t.value > 1024 {
-                self.err(t.referenced, "threads", format!("invalid threads {}: must be 1 to 1024", t.value));
+                self.err(
+                    t.referenced,
+                    "threads",
+                    format!("invalid threads {}: must be 1 to 1024", t.value),
+                );
                 None
             } else {
                 Some(t.value)
@@ -256,7 +327,11 @@ impl Validator {
             None => 0.01,
             Some(s) if (0.0..=1.0).contains(&s.value) => s.value,
             Some(s) => {
-                self.err(s.referenced, "access_log.sample", format!("invalid sample {}: must be between 0 and 1", s.value));
+                self.err(
+                    s.referenced,
+                    "access_log.sample",
+                    format!("invalid sample {}: must be between 0 and 1", s.value),
+                );
                 0.0
             }
         };
@@ -269,32 +344,54 @@ impl Validator {
                 .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
             match net {
                 Some(n) => trusted_proxies.push(n.trunc()),
-                None => self.err(p.referenced, format!("trusted_proxies[{i}]"), format!("invalid address or CIDR {text:?}")),
+                None => self.err(
+                    p.referenced,
+                    format!("trusted_proxies[{i}]"),
+                    format!("invalid address or CIDR {text:?}"),
+                ),
             }
         }
         let drain = Drain {
-            delay: dur(raw.drain.as_ref().and_then(|d| d.delay), Duration::from_secs(5)),
-            timeout: dur(raw.drain.as_ref().and_then(|d| d.timeout), Duration::from_secs(20)),
+            delay: dur(
+                raw.drain.as_ref().and_then(|d| d.delay),
+                Duration::from_secs(5),
+            ),
+            timeout: dur(
+                raw.drain.as_ref().and_then(|d| d.timeout),
+                Duration::from_secs(20),
+            ),
         };
 
         let upstreams = self.upstreams(&raw);
         let ids: HashMap<&str, UpstreamId> = upstreams
             .iter()
             .enumerate()
-            .filter_map(|(i, u)| u16::try_from(i).ok().map(|i| (u.name.as_str(), UpstreamId(i))))
+            .filter_map(|(i, u)| {
+                u16::try_from(i)
+                    .ok()
+                    .map(|i| (u.name.as_str(), UpstreamId(i)))
+            })
             .collect();
         let default_upstream = match &raw.default_upstream {
             Some(s) => match ids.get(s.value.as_str()) {
                 Some(id) => Some(*id),
                 None => {
-                    self.err(s.referenced, "default_upstream", format!("unknown upstream {:?}", s.value));
+                    self.err(
+                        s.referenced,
+                        "default_upstream",
+                        format!("unknown upstream {:?}", s.value),
+                    );
                     None
                 }
             },
             None => match ids.get("stable") {
                 Some(id) => Some(*id),
                 None => {
-                    self.err(Location::UNKNOWN, "default_upstream", "required: no upstream is named \"stable\"");
+                    self.err(
+                        Location::UNKNOWN,
+                        "default_upstream",
+                        "required: no upstream is named \"stable\"",
+                    );
                     None
                 }
             },
@@ -307,7 +404,10 @@ impl Validator {
                 self.err(
                     route.value.name.referenced,
                     format!("{path}.name"),
-                    format!("duplicate route name {:?} (first at routes[{first}])", route.value.name.value),
+                    format!(
+                        "duplicate route name {:?} (first at routes[{first}])",
+                        route.value.name.value
+                    ),
                 );
             } else {
                 names.insert(route.value.name.value.clone(), i);
@@ -322,7 +422,10 @@ impl Validator {
             tls,
             metrics_listen: metrics_listen?,
             admin_listen,
-            admin_tokens_file: raw.admin_tokens_file.as_ref().map(|s| PathBuf::from(&s.value)),
+            admin_tokens_file: raw
+                .admin_tokens_file
+                .as_ref()
+                .map(|s| PathBuf::from(&s.value)),
             state_dir: raw.state_dir.as_ref().map(|s| PathBuf::from(&s.value)),
             threads,
             access_log_sample,
@@ -336,7 +439,11 @@ impl Validator {
 
     fn upstreams(&mut self, raw: &RawConfig) -> Vec<Upstream> {
         if raw.upstreams.is_empty() {
-            self.err(Location::UNKNOWN, "upstreams", "at least one upstream is required");
+            self.err(
+                Location::UNKNOWN,
+                "upstreams",
+                "at least one upstream is required",
+            );
         }
         let mut out = Vec::new();
         for (name, spanned) in &raw.upstreams {
@@ -359,14 +466,26 @@ impl Validator {
             };
             if let Some(p) = &u.protocol {
                 if protocol == Protocol::H2 && parsed.scheme == Scheme::Http {
-                    self.err(p.referenced, format!("{path}.protocol"), "h2 needs an https:// url; use h2c for cleartext HTTP/2");
+                    self.err(
+                        p.referenced,
+                        format!("{path}.protocol"),
+                        "h2 needs an https:// url; use h2c for cleartext HTTP/2",
+                    );
                 }
                 if protocol == Protocol::H2c && parsed.scheme == Scheme::Https {
-                    self.err(p.referenced, format!("{path}.protocol"), "h2c is cleartext; use h2 with an https:// url");
+                    self.err(
+                        p.referenced,
+                        format!("{path}.protocol"),
+                        "h2c is cleartext; use h2 with an https:// url",
+                    );
                 }
             }
             if u.ca_file.is_some() && parsed.scheme == Scheme::Http {
-                self.err(u.url.referenced, format!("{path}.ca_file"), "ca_file needs an https:// url");
+                self.err(
+                    u.url.referenced,
+                    format!("{path}.ca_file"),
+                    "ca_file needs an https:// url",
+                );
             }
             let health_check = u.health_check.as_ref().map(|h| {
                 let hc = &h.value;
@@ -378,10 +497,22 @@ impl Validator {
                     healthy_after: hc.healthy_after.unwrap_or(2),
                 };
                 if !check.path.starts_with('/') {
-                    self.err(h.referenced, format!("{path}.health_check.path"), format!("path {:?} must start with '/'", check.path));
+                    self.err(
+                        h.referenced,
+                        format!("{path}.health_check.path"),
+                        format!("path {:?} must start with '/'", check.path),
+                    );
                 }
-                if check.interval.is_zero() || check.timeout.is_zero() || check.unhealthy_after == 0 || check.healthy_after == 0 {
-                    self.err(h.referenced, format!("{path}.health_check"), "interval, timeout, unhealthy_after and healthy_after must be above zero");
+                if check.interval.is_zero()
+                    || check.timeout.is_zero()
+                    || check.unhealthy_after == 0
+                    || check.healthy_after == 0
+                {
+                    self.err(
+                        h.referenced,
+                        format!("{path}.health_check"),
+                        "interval, timeout, unhealthy_after and healthy_after must be above zero",
+                    );
                 }
                 check
             });
@@ -392,13 +523,21 @@ impl Validator {
             ] {
                 if let Some(v) = value {
                     if v.value.0.is_zero() {
-                        self.err(v.referenced, format!("{path}.{field}"), "must be above zero");
+                        self.err(
+                            v.referenced,
+                            format!("{path}.{field}"),
+                            "must be above zero",
+                        );
                     }
                 }
             }
             let max_inflight = u.max_inflight.as_ref().map(|m| {
                 if m.value == 0 {
-                    self.err(m.referenced, format!("{path}.max_inflight"), "must be at least 1");
+                    self.err(
+                        m.referenced,
+                        format!("{path}.max_inflight"),
+                        "must be at least 1",
+                    );
                 }
                 m.value
             });
@@ -441,11 +580,19 @@ impl Validator {
         let errors_before = self.errors.len();
         let name = raw.name.value.clone();
         if !is_route_name(&name) {
-            self.err(raw.name.referenced, format!("{path}.name"), format!("invalid route name {name:?}: use a-z, 0-9, '-' and '_'"));
+            self.err(
+                raw.name.referenced,
+                format!("{path}.name"),
+                format!("invalid route name {name:?}: use a-z, 0-9, '-' and '_'"),
+            );
         }
         let salt = match &raw.salt {
             Some(s) if s.value.is_empty() => {
-                self.err(s.referenced, format!("{path}.salt"), "salt must not be empty");
+                self.err(
+                    s.referenced,
+                    format!("{path}.salt"),
+                    "salt must not be empty",
+                );
                 name.clone()
             }
             Some(s) => s.value.clone(),
@@ -460,13 +607,21 @@ impl Validator {
         let expires = raw.expires.as_ref().and_then(|e| {
             let day = parse_date(&e.value);
             if day.is_none() {
-                self.err(e.referenced, format!("{path}.expires"), format!("invalid date {:?}: expected YYYY-MM-DD", e.value));
+                self.err(
+                    e.referenced,
+                    format!("{path}.expires"),
+                    format!("invalid date {:?}: expected YYYY-MM-DD", e.value),
+                );
             }
             day
         });
         let killed = raw.killed.as_ref().map(|k| {
             if k.value.trim().is_empty() {
-                self.err(k.referenced, format!("{path}.killed"), "give the kill a reason (e.g. an incident id)");
+                self.err(
+                    k.referenced,
+                    format!("{path}.killed"),
+                    "give the kill a reason (e.g. an incident id)",
+                );
             }
             k.value.clone()
         });
@@ -481,10 +636,10 @@ impl Validator {
                         Some(IdentitySource::ClientIp)
                     } else if let Some(h) = text.strip_prefix("header:").filter(|h| is_token(h)) {
                         Some(IdentitySource::Header(h.to_ascii_lowercase()))
-                    } else if let Some(c) = text.strip_prefix("cookie:").filter(|c| is_token(c)) {
-                        Some(IdentitySource::Cookie(c.to_string()))
                     } else {
-                        None
+                        text.strip_prefix("cookie:")
+                            .filter(|c| is_token(c))
+                            .map(|c| IdentitySource::Cookie(c.to_string()))
                     };
                     match source {
                         Some(s) => sources.push(s),
@@ -492,7 +647,11 @@ impl Validator {
                     }
                 }
                 if list.is_empty() {
-                    self.err(at, format!("{path}.identity"), "at least one identity source is required");
+                    self.err(
+                        at,
+                        format!("{path}.identity"),
+                        "at least one identity source is required",
+                    );
                 }
                 sources
             }
@@ -512,7 +671,11 @@ impl Validator {
             Some(s) => match ids.get(s.value.as_str()) {
                 Some(id) => Some(*id),
                 None => {
-                    self.err(s.referenced, format!("{path}.stable"), format!("unknown upstream {:?}", s.value));
+                    self.err(
+                        s.referenced,
+                        format!("{path}.stable"),
+                        format!("unknown upstream {:?}", s.value),
+                    );
                     None
                 }
             },
@@ -538,36 +701,83 @@ impl Validator {
             let id = match ids.get(backend.value.as_str()) {
                 Some(id) => *id,
                 None => {
-                    self.err(backend.referenced, format!("{epath}.backend"), format!("unknown upstream {:?}", backend.value));
+                    self.err(
+                        backend.referenced,
+                        format!("{epath}.backend"),
+                        format!("unknown upstream {:?}", backend.value),
+                    );
                     continue;
                 }
             };
             if !seen_split.insert(id) {
-                self.err(backend.referenced, format!("{epath}.backend"), format!("backend {:?} appears twice in the split", backend.value));
+                self.err(
+                    backend.referenced,
+                    format!("{epath}.backend"),
+                    format!("backend {:?} appears twice in the split", backend.value),
+                );
             }
             let percent = match (&entry.value.percent, i == 0 && rollout.is_some()) {
                 (Some(p), true) => {
-                    self.err(p.referenced, format!("{epath}.percent"), "a rollout drives this percent through rollout.steps: remove it");
+                    self.err(
+                        p.referenced,
+                        format!("{epath}.percent"),
+                        "a rollout drives this percent through rollout.steps: remove it",
+                    );
                     p.value
                 }
                 (Some(p), false) => p.value,
-                (None, true) => rollout.as_ref().and_then(|r| r.steps.last().copied()).unwrap_or(Percent::ZERO),
+                (None, true) => rollout
+                    .as_ref()
+                    .and_then(|r| r.steps.last().copied())
+                    .unwrap_or(Percent::ZERO),
                 (None, false) => {
-                    self.err(entry.referenced, format!("{epath}.percent"), "percent is required");
+                    self.err(
+                        entry.referenced,
+                        format!("{epath}.percent"),
+                        "percent is required",
+                    );
                     Percent::ZERO
                 }
             };
             sum += u32::from(percent.buckets());
             if kind == RouteKind::Toggle && percent != Percent::ZERO && percent != Percent::FULL {
-                let at = entry.value.percent.as_ref().map(|p| p.referenced).unwrap_or(entry.referenced);
-                self.err(at, format!("{epath}.percent"), format!("a toggle splits 0 or 100 %, not {percent}"));
+                let at = entry
+                    .value
+                    .percent
+                    .as_ref()
+                    .map(|p| p.referenced)
+                    .unwrap_or(entry.referenced);
+                self.err(
+                    at,
+                    format!("{epath}.percent"),
+                    format!("a toggle splits 0 or 100 %, not {percent}"),
+                );
             }
-            split.push(SplitEntry { backend: slot(&mut backends, id), percent });
+            split.push(SplitEntry {
+                backend: slot(&mut backends, id),
+                percent,
+            });
         }
         if sum > 10_000 {
-            let at = raw.split.as_ref().and_then(|s| s.first()).map(|e| e.referenced).unwrap_or(at);
-            let what = if rollout.is_some() { " (with the rollout's largest step)" } else { "" };
-            self.err(at, format!("{path}.split"), format!("percents sum to {}{what}, more than 100", format_hundredths(sum)));
+            let at = raw
+                .split
+                .as_ref()
+                .and_then(|s| s.first())
+                .map(|e| e.referenced)
+                .unwrap_or(at);
+            let what = if rollout.is_some() {
+                " (with the rollout's largest step)"
+            } else {
+                ""
+            };
+            self.err(
+                at,
+                format!("{path}.split"),
+                format!(
+                    "percents sum to {}{what}, more than 100",
+                    format_hundredths(sum)
+                ),
+            );
         }
 
         let mut overrides = Overrides::default();
@@ -576,21 +786,33 @@ impl Validator {
                 if is_token(f.value.trim()) {
                     overrides.force_header = Some(f.value.trim().to_ascii_lowercase());
                 } else {
-                    self.err(f.referenced, format!("{path}.overrides.force_header"), format!("invalid header name {:?}", f.value));
+                    self.err(
+                        f.referenced,
+                        format!("{path}.overrides.force_header"),
+                        format!("invalid header name {:?}", f.value),
+                    );
                 }
             }
             let mut pinned: HashMap<&str, &str> = HashMap::new();
             for (backend, list) in o.identities.iter().flatten() {
                 let opath = format!("{path}.overrides.identities.{backend}");
                 let Some(id) = ids.get(backend.as_str()).copied() else {
-                    self.err(list.referenced, opath, format!("unknown upstream {backend:?}"));
+                    self.err(
+                        list.referenced,
+                        opath,
+                        format!("unknown upstream {backend:?}"),
+                    );
                     continue;
                 };
                 let s = slot(&mut backends, id);
                 for identity in &list.value {
                     if let Some(other) = pinned.insert(identity.as_str(), backend.as_str()) {
                         if other != backend {
-                            self.err(list.referenced, &opath, format!("an identity is pinned to both {other:?} and {backend:?}"));
+                            self.err(
+                                list.referenced,
+                                &opath,
+                                format!("an identity is pinned to both {other:?} and {backend:?}"),
+                            );
                         }
                     }
                     overrides.identities.insert(identity.clone(), s);
@@ -600,10 +822,18 @@ impl Validator {
                 let hpath = format!("{path}.overrides.headers[{i}]");
                 let name = h.value.name.value.trim();
                 if !is_token(name) {
-                    self.err(h.value.name.referenced, format!("{hpath}.name"), format!("invalid header name {name:?}"));
+                    self.err(
+                        h.value.name.referenced,
+                        format!("{hpath}.name"),
+                        format!("invalid header name {name:?}"),
+                    );
                 }
                 let Some(id) = ids.get(h.value.backend.value.as_str()).copied() else {
-                    self.err(h.value.backend.referenced, format!("{hpath}.backend"), format!("unknown upstream {:?}", h.value.backend.value));
+                    self.err(
+                        h.value.backend.referenced,
+                        format!("{hpath}.backend"),
+                        format!("unknown upstream {:?}", h.value.backend.value),
+                    );
                     continue;
                 };
                 overrides.headers.push(HeaderOverride {
@@ -619,23 +849,51 @@ impl Validator {
         match kind {
             RouteKind::Gate => {
                 if !split.is_empty() {
-                    let at = raw.split.as_ref().and_then(|s| s.first()).map(|e| e.referenced).unwrap_or(at);
-                    self.err(at, format!("{path}.split"), "a gate routes by overrides only: remove the split");
+                    let at = raw
+                        .split
+                        .as_ref()
+                        .and_then(|s| s.first())
+                        .map(|e| e.referenced)
+                        .unwrap_or(at);
+                    self.err(
+                        at,
+                        format!("{path}.split"),
+                        "a gate routes by overrides only: remove the split",
+                    );
                 }
                 if overrides.is_empty() {
-                    self.err(at, format!("{path}.overrides"), "a gate needs at least one override");
+                    self.err(
+                        at,
+                        format!("{path}.overrides"),
+                        "a gate needs at least one override",
+                    );
                 }
             }
             RouteKind::Experiment if raw.split.as_ref().is_none_or(|s| s.is_empty()) => {
-                self.err(at, format!("{path}.split"), "an experiment needs one or more variants in its split");
+                self.err(
+                    at,
+                    format!("{path}.split"),
+                    "an experiment needs one or more variants in its split",
+                );
             }
             _ => {}
         }
         if let Some(r) = &raw.rollout {
             if kind != RouteKind::Canary {
-                self.err(r.referenced, format!("{path}.rollout"), format!("rollout is allowed on a canary only, not a {}", kind.as_str()));
+                self.err(
+                    r.referenced,
+                    format!("{path}.rollout"),
+                    format!(
+                        "rollout is allowed on a canary only, not a {}",
+                        kind.as_str()
+                    ),
+                );
             } else if split.is_empty() {
-                self.err(r.referenced, format!("{path}.rollout"), "a rollout drives the first split entry: add one, without a percent");
+                self.err(
+                    r.referenced,
+                    format!("{path}.rollout"),
+                    "a rollout drives the first split entry: add one, without a percent",
+                );
             }
         }
         let breaker = raw.breaker.as_ref().map(|b| self.breaker(path, b));
@@ -671,34 +929,62 @@ impl Validator {
         let Some(raw) = raw else { return m };
         if let Some(p) = &raw.path_prefix {
             if !p.value.starts_with('/') {
-                self.err(p.referenced, format!("{path}.match.path_prefix"), format!("path_prefix {:?} must start with '/'", p.value));
+                self.err(
+                    p.referenced,
+                    format!("{path}.match.path_prefix"),
+                    format!("path_prefix {:?} must start with '/'", p.value),
+                );
             }
             let trimmed = p.value.trim_end_matches('/');
-            m.path_prefix = if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() };
+            m.path_prefix = if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            };
         }
         for (i, h) in raw.hosts.iter().flatten().enumerate() {
             let host = h.value.trim().to_ascii_lowercase();
             let host = match host.rsplit_once(':') {
-                Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
-                _ => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                Some((name, port))
+                    if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    name.to_string()
+                }
+                _ => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
             };
             if host.is_empty() {
-                self.err(h.referenced, format!("{path}.match.hosts[{i}]"), "empty host");
+                self.err(
+                    h.referenced,
+                    format!("{path}.match.hosts[{i}]"),
+                    "empty host",
+                );
             }
             m.hosts.push(host);
         }
         for (i, method) in raw.methods.iter().flatten().enumerate() {
             let upper = method.value.trim().to_ascii_uppercase();
             if !is_token(&upper) {
-                self.err(method.referenced, format!("{path}.match.methods[{i}]"), format!("invalid method {:?}", method.value));
+                self.err(
+                    method.referenced,
+                    format!("{path}.match.methods[{i}]"),
+                    format!("invalid method {:?}", method.value),
+                );
             }
             m.methods.push(upper);
         }
         for (name, value) in raw.headers.iter().flatten() {
             if !is_token(name) {
-                self.err(value.referenced, format!("{path}.match.headers.{name}"), format!("invalid header name {name:?}"));
+                self.err(
+                    value.referenced,
+                    format!("{path}.match.headers.{name}"),
+                    format!("invalid header name {name:?}"),
+                );
             }
-            m.headers.push((name.to_ascii_lowercase(), value.value.clone()));
+            m.headers
+                .push((name.to_ascii_lowercase(), value.value.clone()));
         }
         m
     }
@@ -709,23 +995,42 @@ impl Validator {
         let window = sdur(&b.window, Duration::from_secs(30));
         if let Some(w) = &b.window {
             if w.value.0 < Duration::from_millis(100) {
-                self.err(w.referenced, format!("{bpath}.window"), "window must be at least 100ms");
+                self.err(
+                    w.referenced,
+                    format!("{bpath}.window"),
+                    "window must be at least 100ms",
+                );
             }
         }
         let max_error_rate = match &b.max_error_rate {
             Some(r) if r.value > 0.0 && r.value <= 1.0 => r.value,
             Some(r) => {
-                self.err(r.referenced, format!("{bpath}.max_error_rate"), format!("invalid rate {}: must be above 0 and at most 1", r.value));
+                self.err(
+                    r.referenced,
+                    format!("{bpath}.max_error_rate"),
+                    format!("invalid rate {}: must be above 0 and at most 1", r.value),
+                );
                 1.0
             }
             None => 0.05,
         };
         let max_latency = b.max_latency.as_ref().map(|m| {
             if !(m.value.quantile.value > 0.0 && m.value.quantile.value < 1.0) {
-                self.err(m.value.quantile.referenced, format!("{bpath}.max_latency.quantile"), format!("invalid quantile {}: must be between 0 and 1", m.value.quantile.value));
+                self.err(
+                    m.value.quantile.referenced,
+                    format!("{bpath}.max_latency.quantile"),
+                    format!(
+                        "invalid quantile {}: must be between 0 and 1",
+                        m.value.quantile.value
+                    ),
+                );
             }
             if m.value.threshold.0.is_zero() {
-                self.err(m.referenced, format!("{bpath}.max_latency.threshold"), "must be above zero");
+                self.err(
+                    m.referenced,
+                    format!("{bpath}.max_latency.threshold"),
+                    "must be above zero",
+                );
             }
             MaxLatency {
                 quantile: m.value.quantile.value,
@@ -735,16 +1040,33 @@ impl Validator {
         let open_for = sdur(&b.open_for, Duration::from_secs(30));
         let max_open_for = sdur(&b.max_open_for, Duration::from_secs(300));
         if open_for.is_zero() {
-            let at = b.open_for.as_ref().map(|o| o.referenced).unwrap_or(spanned.referenced);
+            let at = b
+                .open_for
+                .as_ref()
+                .map(|o| o.referenced)
+                .unwrap_or(spanned.referenced);
             self.err(at, format!("{bpath}.open_for"), "must be above zero");
         }
         if max_open_for < open_for {
-            let at = b.max_open_for.as_ref().or(b.open_for.as_ref()).map(|o| o.referenced).unwrap_or(spanned.referenced);
-            self.err(at, format!("{bpath}.max_open_for"), "must be at least open_for");
+            let at = b
+                .max_open_for
+                .as_ref()
+                .or(b.open_for.as_ref())
+                .map(|o| o.referenced)
+                .unwrap_or(spanned.referenced);
+            self.err(
+                at,
+                format!("{bpath}.max_open_for"),
+                "must be at least open_for",
+            );
         }
         let half_open_requests = match &b.half_open_requests {
             Some(h) if h.value == 0 => {
-                self.err(h.referenced, format!("{bpath}.half_open_requests"), "must be at least 1");
+                self.err(
+                    h.referenced,
+                    format!("{bpath}.half_open_requests"),
+                    "must be at least 1",
+                );
                 1
             }
             Some(h) => h.value,
@@ -755,7 +1077,11 @@ impl Validator {
             Some(codes) => {
                 for (i, c) in codes.iter().enumerate() {
                     if c.value > 16 {
-                        self.err(c.referenced, format!("{bpath}.grpc_error_codes[{i}]"), format!("invalid gRPC status {}: codes run 0 to 16", c.value));
+                        self.err(
+                            c.referenced,
+                            format!("{bpath}.grpc_error_codes[{i}]"),
+                            format!("invalid gRPC status {}: codes run 0 to 16", c.value),
+                        );
                     }
                 }
                 codes.iter().map(|c| c.value).collect()
@@ -779,34 +1105,61 @@ impl Validator {
         let rpath = format!("{path}.rollout");
         let steps: Vec<Percent> = r.steps.value.iter().map(|s| s.value).collect();
         if steps.is_empty() {
-            self.err(r.steps.referenced, format!("{rpath}.steps"), "at least one step is required");
+            self.err(
+                r.steps.referenced,
+                format!("{rpath}.steps"),
+                "at least one step is required",
+            );
         }
         for (i, pair) in r.steps.value.windows(2).enumerate() {
             if let [a, b] = pair {
                 if b.value <= a.value {
-                    self.err(b.referenced, format!("{rpath}.steps[{}]", i + 1), format!("steps must rise: {} after {}", b.value, a.value));
+                    self.err(
+                        b.referenced,
+                        format!("{rpath}.steps[{}]", i + 1),
+                        format!("steps must rise: {} after {}", b.value, a.value),
+                    );
                 }
             }
         }
         if let Some(first) = r.steps.value.first() {
             if first.value == Percent::ZERO {
-                self.err(first.referenced, format!("{rpath}.steps[0]"), "a step of 0 % sends no traffic to judge");
+                self.err(
+                    first.referenced,
+                    format!("{rpath}.steps[0]"),
+                    "a step of 0 % sends no traffic to judge",
+                );
             }
         }
         if r.step_interval.value.0.is_zero() {
-            self.err(r.step_interval.referenced, format!("{rpath}.step_interval"), "must be above zero");
+            self.err(
+                r.step_interval.referenced,
+                format!("{rpath}.step_interval"),
+                "must be above zero",
+            );
         }
         let started_at = r.started_at.as_ref().and_then(|s| {
             let t = humantime::parse_rfc3339_weak(s.value.trim()).ok();
             if t.is_none() {
-                self.err(s.referenced, format!("{rpath}.started_at"), format!("invalid time {:?}: expected RFC 3339 UTC such as 2026-12-01T10:00:00Z", s.value));
+                self.err(
+                    s.referenced,
+                    format!("{rpath}.started_at"),
+                    format!(
+                        "invalid time {:?}: expected RFC 3339 UTC such as 2026-12-01T10:00:00Z",
+                        s.value
+                    ),
+                );
             }
             t
         });
         let max_error_rate_increase = match &r.max_error_rate_increase {
             Some(v) if (0.0..=1.0).contains(&v.value) => v.value,
             Some(v) => {
-                self.err(v.referenced, format!("{rpath}.max_error_rate_increase"), format!("invalid {}: must be between 0 and 1", v.value));
+                self.err(
+                    v.referenced,
+                    format!("{rpath}.max_error_rate_increase"),
+                    format!("invalid {}: must be between 0 and 1", v.value),
+                );
                 0.0
             }
             None => 0.01,
@@ -814,7 +1167,11 @@ impl Validator {
         let max_latency_ratio = match &r.max_latency_ratio {
             Some(v) if v.value >= 1.0 && v.value.is_finite() => v.value,
             Some(v) => {
-                self.err(v.referenced, format!("{rpath}.max_latency_ratio"), format!("invalid {}: must be at least 1", v.value));
+                self.err(
+                    v.referenced,
+                    format!("{rpath}.max_latency_ratio"),
+                    format!("invalid {}: must be at least 1", v.value),
+                );
                 1.0
             }
             None => 1.5,
@@ -822,7 +1179,11 @@ impl Validator {
         let prometheus = r.prometheus.as_ref().map(|p| {
             let url = p.value.url.value.trim().trim_end_matches('/').to_string();
             if parse_upstream_url(&url).is_err() {
-                self.err(p.value.url.referenced, format!("{rpath}.prometheus.url"), format!("invalid url {url:?}: expected http(s)://host:port"));
+                self.err(
+                    p.value.url.referenced,
+                    format!("{rpath}.prometheus.url"),
+                    format!("invalid url {url:?}: expected http(s)://host:port"),
+                );
             }
             PrometheusSource {
                 url,

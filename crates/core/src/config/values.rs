@@ -42,7 +42,9 @@ impl Percent {
         };
         let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
         if whole.is_empty() || !digits_only(whole) || !digits_only(frac) {
-            return Err(format!("invalid percent {text:?}: expected a number from 0 to 100"));
+            return Err(format!(
+                "invalid percent {text:?}: expected a number from 0 to 100"
+            ));
         }
         let frac_trimmed = frac.trim_end_matches('0');
         if frac_trimmed.len() > 2 {
@@ -122,7 +124,9 @@ impl<'de> Deserialize<'de> for DurationValue {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
                 humantime::parse_duration(v.trim())
                     .map(DurationValue)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (use ms, s, m or h)")))
+                    .map_err(|e| {
+                        E::custom(format!("invalid duration {v:?}: {e} (use ms, s, m or h)"))
+                    })
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationValue, E> {
                 Err(E::custom(format!(
@@ -130,10 +134,14 @@ impl<'de> Deserialize<'de> for DurationValue {
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationValue, E> {
-                Err(E::custom(format!("invalid duration {v}: a unit is required (e.g. {v}s)")))
+                Err(E::custom(format!(
+                    "invalid duration {v}: a unit is required (e.g. {v}s)"
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationValue, E> {
-                Err(E::custom(format!("invalid duration {v}: a unit is required (e.g. 1500ms)")))
+                Err(E::custom(format!(
+                    "invalid duration {v}: a unit is required (e.g. 1500ms)"
+                )))
             }
         }
         deserializer.deserialize_any(DurationVisitor)
@@ -167,7 +175,10 @@ mod tests {
     #[test]
     fn percents_print_as_written() {
         for text in ["0", "0.29", "10", "10.5", "10.25", "100"] {
-            assert_eq!(Percent::parse(text).map(|p| p.to_string()), Ok(text.to_string()));
+            assert_eq!(
+                Percent::parse(text).map(|p| p.to_string()),
+                Ok(text.to_string())
+            );
         }
     }
 }
