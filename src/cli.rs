@@ -48,6 +48,23 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// A tiny HTTP/1.1 upstream for demos and tests: answers every path with 200 naming its
+    /// version, `/healthz` 200, and fails or slows down on demand (these flags, or at run time
+    /// `POST /control?fail_rate=0.5&delay_ms=200`).
+    DemoUpstream {
+        /// Address to listen on (port 0: the OS picks; the address is printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+        /// The version this upstream names in its `x-version` header and its body.
+        #[arg(long = "version-label", default_value = "v1")]
+        version_label: String,
+        /// Share of requests answered 500, 0.0..1.0.
+        #[arg(long, default_value = "0", value_parser = crate::demo_upstream::parse_fail_rate)]
+        fail_rate: f64,
+        /// Milliseconds to wait before every answer.
+        #[arg(long, default_value = "0", value_parser = crate::demo_upstream::parse_delay_ms)]
+        delay_ms: u64,
+    },
 }
 
 /// Parses the process's arguments; usage errors exit 2 (clap's convention, SPEC's too).

@@ -25,6 +25,12 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             json,
         } => explain(&config, &route, &identity, json),
         Command::Demo { seconds } => crate::demo::run(seconds),
+        Command::DemoUpstream {
+            listen,
+            version_label,
+            fail_rate,
+            delay_ms,
+        } => crate::demo_upstream::run(listen, version_label, fail_rate, delay_ms),
     }
 }
 
@@ -58,12 +64,27 @@ pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 
 fn run(flag: Option<PathBuf>) -> ExitCode {
     let path = config_path(flag);
-    let loaded = match runtime::load(&path) {
-        Ok(l) => l,
+    let (loaded, started_on_last_good) = match runtime::load(&path) {
+        Ok(l) => (l, false),
         Err(e) => {
             eprintln!("{e}");
-            tracing::error!(error = %e, "invalid config at start");
-            return ExitCode::from(EXIT_INVALID);
+            let last_good =
+                runtime::state_dir_of_invalid(&path).and_then(|dir| runtime::load_last_good(&dir));
+            match last_good {
+                Some(l) => {
+                    tracing::error!(
+                        error = %e,
+                        last_good = %l.source.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                        sha256 = %l.source.sha256,
+                        "INVALID CONFIG AT START: serving the last good config from state_dir until the file is fixed"
+                    );
+                    (l, true)
+                }
+                None => {
+                    tracing::error!(error = %e, "invalid config at start and no last good config in state_dir");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            }
         }
     };
     for warning in loaded.config.warnings(SystemTime::now()) {
@@ -94,6 +115,10 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if started_on_last_good {
+            runtime.mark_rejected();
+            runtime.set_last_seen(&std::fs::read(&path).unwrap_or_default());
+        }
         match runtime::serve(runtime, bound, Some(path)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -106,6 +106,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             sha256: rampart_core::config::sha256_hex(text.as_bytes()),
             path: None,
         },
+        bytes: text.clone().into_bytes(),
         config,
     })?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

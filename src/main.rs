@@ -6,8 +6,10 @@
 mod cli;
 mod commands;
 mod demo;
+mod demo_upstream;
 mod logging;
 mod runtime;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -2,7 +2,6 @@
 //! on SIGHUP, and drains on SIGTERM (SPEC sections 4 and 8).
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use prometheus::Registry;
 use rampart_admin::metrics_server::{self, Readiness};
 use rampart_core::config::{self, Config, ConfigErrors};
@@ -48,15 +47,56 @@ pub struct Loaded {
     pub config: Config,
     /// Its file and sha256.
     pub source: SnapshotSource,
+    /// The file's bytes, kept as the last good config.
+    pub bytes: Vec<u8>,
+}
+
+/// Name of the last good config inside `state_dir`.
+pub const LAST_GOOD_FILE: &str = "last-good.yaml";
+
+/// The `state_dir` an invalid config file names, if its YAML still says it; else
+/// `$RAMPART_STATE_DIR`. Used to find the last good config when the file is broken.
+pub fn state_dir_of_invalid(path: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct OnlyStateDir {
+        state_dir: Option<String>,
+    }
+    let from_file = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_saphyr::from_str::<OnlyStateDir>(&text).ok())
+        .and_then(|c| c.state_dir)
+        .map(PathBuf::from);
+    from_file.or_else(|| std::env::var_os("RAMPART_STATE_DIR").map(PathBuf::from))
+}
+
+/// The last good config kept in `state_dir`, if there is a valid one.
+pub fn load_last_good(state_dir: &Path) -> Option<Loaded> {
+    load(&state_dir.join(LAST_GOOD_FILE)).ok()
+}
+
+/// Writes `bytes` as the last good config, atomically (temp file, fsync, rename).
+fn persist_last_good(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!(".{LAST_GOOD_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, state_dir.join(LAST_GOOD_FILE))
 }
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let display = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: display.clone(),
+        path: path.display().to_string(),
         source,
     })?;
+    parse_bytes(path, bytes)
+}
+
+/// Parses and validates a config file's bytes.
+pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
+    let display = path.display().to_string();
     let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
         path: display.clone(),
     })?;
@@ -70,6 +110,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
             sha256: config::sha256_hex(&bytes),
             path: Some(path.to_path_buf()),
         },
+        bytes,
     })
 }
 
@@ -81,24 +122,32 @@ pub struct Runtime {
     pub registry: Registry,
     /// `/readyz`.
     pub readiness: Arc<Readiness>,
+    /// Where state lives; fixed at start (a reload that changes it warns).
+    pub state_dir: Option<PathBuf>,
+    /// sha256 of the config file as last read (valid or not), so an unchanged file is
+    /// neither re-applied nor re-rejected by every periodic check.
+    last_seen: std::sync::Mutex<String>,
 }
 
 impl Runtime {
     /// Builds the runtime around a first config.
     pub fn new(loaded: Loaded) -> anyhow::Result<Runtime> {
+        let state_dir = loaded.config.state_dir.clone();
+        let bytes = loaded.bytes.clone();
+        let loaded_sha = loaded.source.sha256.clone();
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         let config = Arc::new(loaded.config);
         let snapshot = Snapshot::build(config, loaded.source, &metrics, None)
             .context("building the first snapshot")?;
-        let state = Arc::new(ProxyState {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-        });
+        let state = Arc::new(ProxyState::new(snapshot, metrics));
+        let first_sha = loaded_sha.clone();
         let runtime = Runtime {
             state,
             registry,
             readiness: Arc::new(Readiness::default()),
+            state_dir,
+            last_seen: std::sync::Mutex::new(first_sha),
         };
         runtime.publish_config_metrics(None);
         runtime
@@ -107,13 +156,43 @@ impl Runtime {
             .config_reloads
             .with_label_values(&["applied"])
             .inc();
+        runtime.keep_last_good(&bytes);
         Ok(runtime)
+    }
+
+    /// Records the config file's content as seen (for a start on the last good config,
+    /// so the unchanged broken file is not rejected again at every check).
+    pub fn set_last_seen(&self, file_bytes: &[u8]) {
+        if let Ok(mut last) = self.last_seen.lock() {
+            *last = config::sha256_hex(file_bytes);
+        }
+    }
+
+    /// Stores an applied config's bytes as the last good config in `state_dir`.
+    fn keep_last_good(&self, bytes: &[u8]) {
+        if let Some(dir) = &self.state_dir {
+            if let Err(e) = persist_last_good(dir, bytes) {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot keep the last good config in state_dir");
+            }
+        }
+    }
+
+    /// Marks the applied config as not the file's (started on the last good config, or a
+    /// reload was rejected): `rampart_config_last_reload_successful` 0 and one rejection.
+    pub fn mark_rejected(&self) {
+        self.state
+            .metrics
+            .config_reloads
+            .with_label_values(&["rejected"])
+            .inc();
+        self.state.metrics.config_last_reload_successful.set(0);
     }
 
     /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools)
     /// and swaps it in whole.
     pub fn apply(&self, loaded: Loaded) -> anyhow::Result<()> {
         let previous = self.state.snapshot.load_full();
+        let bytes = loaded.bytes.clone();
         let snapshot = Snapshot::build(
             Arc::new(loaded.config),
             loaded.source,
@@ -133,38 +212,47 @@ impl Runtime {
             .config_reloads
             .with_label_values(&["applied"])
             .inc();
+        self.keep_last_good(&bytes);
         Ok(())
     }
 
-    /// Re-reads `path`, applying it if it is valid and differs from what is applied.
+    /// Re-reads `path` and applies it if its content changed since the last look and it
+    /// is valid; an invalid or unreadable file is rejected (logged with its errors and
+    /// counted) and the applied config keeps serving.
     pub fn reload(&self, path: &Path) {
-        let metrics = &self.state.metrics;
-        match load(path) {
-            Ok(loaded) => {
-                if loaded.source.sha256 == self.state.snapshot.load().source.sha256 {
-                    return;
-                }
-                let sha = loaded.source.sha256.clone();
-                match self.apply(loaded) {
-                    Ok(()) => {
-                        tracing::info!(sha256 = %sha, file = %path.display(), "config applied")
-                    }
-                    Err(e) => {
-                        metrics
-                            .config_reloads
-                            .with_label_values(&["rejected"])
-                            .inc();
-                        metrics.config_last_reload_successful.set(0);
-                        tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
-                    }
-                }
+        let bytes = std::fs::read(path);
+        let seen = match &bytes {
+            Ok(b) => config::sha256_hex(b),
+            Err(_) => "unreadable".to_string(),
+        };
+        {
+            let Ok(mut last) = self.last_seen.lock() else {
+                return;
+            };
+            if *last == seen {
+                return;
             }
+            *last = seen.clone();
+        }
+        if seen == self.state.snapshot.load().source.sha256 {
+            return;
+        }
+        let result = bytes
+            .map_err(|source| LoadError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+            .and_then(|b| parse_bytes(path, b));
+        match result {
+            Ok(loaded) => match self.apply(loaded) {
+                Ok(()) => tracing::info!(sha256 = %seen, file = %path.display(), "config applied"),
+                Err(e) => {
+                    self.mark_rejected();
+                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "config rejected; the last good config keeps serving");
+                }
+            },
             Err(e) => {
-                metrics
-                    .config_reloads
-                    .with_label_values(&["rejected"])
-                    .inc();
-                metrics.config_last_reload_successful.set(0);
+                self.mark_rejected();
                 tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
             }
         }
@@ -189,8 +277,6 @@ impl Runtime {
         );
         if previous.is_some() {
             metrics.route_expired.reset();
-            metrics.split_ratio.reset();
-            metrics.kill_active.reset();
         }
         let expired: Vec<&str> = config
             .expired_routes(now)
@@ -205,29 +291,27 @@ impl Runtime {
                 .route_expired
                 .with_label_values(&[&route.name])
                 .set(i64::from(expired.contains(&route.name.as_str())));
-            let killed = route.killed.is_some();
+        }
+        self.publish_kills();
+        self.state.publish_all_splits();
+    }
+
+    /// Sets `rampart_kill_active{route,source}` for every route.
+    pub fn publish_kills(&self) {
+        let metrics = &self.state.metrics;
+        let snapshot = self.state.snapshot.load();
+        let admin = self.state.admin_kills.load();
+        metrics.kill_active.reset();
+        for route in &snapshot.config.routes {
+            let config_kill = route.killed.is_some();
             metrics
                 .kill_active
                 .with_label_values(&[&route.name, "config"])
-                .set(i64::from(killed));
+                .set(i64::from(config_kill));
             metrics
                 .kill_active
                 .with_label_values(&[&route.name, "admin"])
-                .set(0);
-            for (slot, share) in route.shares(None) {
-                let Some(upstream) = config.backend(route, slot) else {
-                    continue;
-                };
-                let ratio = match (killed, slot.is_stable()) {
-                    (true, true) => 1.0,
-                    (true, false) => 0.0,
-                    _ => share.ratio(),
-                };
-                metrics
-                    .split_ratio
-                    .with_label_values(&[&route.name, &upstream.name])
-                    .set(ratio);
-            }
+                .set(i64::from(admin.contains(&route.name)));
         }
     }
 }
@@ -319,6 +403,9 @@ pub async fn serve(
         Arc::clone(&runtime.state),
         stopped(proxy_stop_rx),
     ));
+    let _watcher = config_path
+        .clone()
+        .and_then(|path| crate::watch::spawn(Arc::clone(&runtime), path));
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod bucket;
 pub mod clock;
 pub mod config;

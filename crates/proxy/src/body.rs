@@ -6,6 +6,7 @@
 //! upstream's body under an idle timeout, holding the upstream's in-flight slot until it
 //! ends, or a small body of Rampart's own.
 
+use crate::handler::{Completion, End};
 use crate::upstream::InflightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -209,8 +210,13 @@ pin_project! {
     /// The body sent to the client.
     #[project = RespBodyProj]
     pub enum RespBody {
-        /// The upstream's body; the guard frees the upstream's in-flight slot when it ends.
-        Upstream { #[pin] body: IdleBody<Incoming>, guard: Option<InflightGuard> },
+        /// The upstream's body; the guard frees the upstream's in-flight slot when it ends,
+        /// and the completion records the outcome then (or when the client goes away).
+        Upstream {
+            #[pin] body: IdleBody<Incoming>,
+            guard: Option<InflightGuard>,
+            completion: Option<Completion>,
+        },
         /// A body Rampart wrote itself.
         Own { #[pin] body: Full<Bytes> },
     }
@@ -241,10 +247,33 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            RespBodyProj::Upstream { body, guard } => {
+            RespBodyProj::Upstream {
+                body,
+                guard,
+                completion,
+            } => {
                 let polled = body.poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
-                    guard.take();
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(trailers), Some(c)) =
+                            (frame.trailers_ref(), completion.as_mut())
+                        {
+                            c.trailers(trailers);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        guard.take();
+                        if let Some(mut c) = completion.take() {
+                            c.finish(End::Complete);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        guard.take();
+                        if let Some(mut c) = completion.take() {
+                            c.finish(End::BodyError);
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -1,31 +1,67 @@
-//! The per-request path: one snapshot load, the core's decision, one or two upstream
-//! attempts, metrics and the access log.
+//! The per-request path: one snapshot load, the core's decision with its gates (kill,
+//! breaker, health, bulkhead), one upstream attempt or two (fallback to stable), and the
+//! outcome recorded when the response ends: breaker, metrics, access log.
 
 use crate::body::{reclaimable, ReqBody, RespBody};
 use crate::facts::HttpFacts;
 use crate::headers::{self, X_RAMPART_BACKEND, X_RAMPART_ERROR, X_RAMPART_ROUTE, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::snapshot::{code_class_index, BackendMetrics, RouteRuntime, Snapshot, CODE_CLASSES};
+use crate::snapshot::{
+    code_class_index, RouteRuntime, SlotRuntime, Snapshot, CODE_CLASSES, OWN_BACKEND,
+};
 use crate::upstream::{InflightGuard, UpstreamRuntime};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use rampart_core::config::{BackendSlot, Config, Fallback, Protocol, UpstreamId};
+use rampart_core::breaker::{Admission, Outcome, Transition};
+use rampart_core::config::{BackendSlot, Config, Fallback, Protocol, Route, UpstreamId};
 use rampart_core::decision::{self, Decision, Gates, Reason};
 use rampart_core::identity::{self, IpText};
 use rampart_core::matching::match_route;
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Shared state of the data plane: the published snapshot and the metric families.
+/// Largest request body buffered for an `idempotent` fallback.
+pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+/// gRPC statuses counted as errors on routes without a breaker block.
+const DEFAULT_GRPC_ERRORS: &[u32] = &[2, 4, 8, 13, 14];
+
+/// Something the data plane did that the audit log and operators want to know.
+#[derive(Debug, Clone)]
+pub enum ProxyEvent {
+    /// A breaker changed state.
+    Breaker {
+        /// Route name.
+        route: String,
+        /// Backend name.
+        backend: String,
+        /// The change and its figures.
+        transition: Transition,
+    },
+}
+
+/// Receives [`ProxyEvent`]s (the binary writes them to the audit log).
+pub type EventSink = Arc<dyn Fn(&ProxyEvent) + Send + Sync>;
+
+/// Shared state of the data plane.
 pub struct ProxyState {
     /// The applied config, resolved; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
     /// Metric families.
     pub metrics: Metrics,
+    /// Routes killed by an operator on this replica (admin API), by name.
+    pub admin_kills: ArcSwap<HashSet<String>>,
+    /// Where breaker transitions and other events are reported, once set.
+    pub events: OnceLock<EventSink>,
 }
 
 /// What the listener knows about a connection.
@@ -66,6 +102,15 @@ impl AttemptFailure {
         }
     }
 
+    /// Index into [`crate::snapshot::FALLBACK_REASONS`].
+    fn fallback_reason(self) -> usize {
+        match self {
+            AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout => 0,
+            AttemptFailure::Protocol => 2,
+            AttemptFailure::Timeout => 3,
+        }
+    }
+
     fn nothing_sent(self) -> bool {
         matches!(
             self,
@@ -74,37 +119,34 @@ impl AttemptFailure {
     }
 }
 
-/// Gates over the snapshot's run-time state.
-struct SnapshotGates<'a> {
-    snapshot: &'a Snapshot,
-}
-
-impl Gates for SnapshotGates<'_> {
-    fn admin_killed(&self, _route: usize) -> bool {
-        false
-    }
-    fn breaker_admits(&self, _route: usize, _slot: BackendSlot) -> bool {
-        true
-    }
-    fn healthy(&self, upstream: UpstreamId) -> bool {
-        self.snapshot
-            .upstreams
-            .get(upstream.index())
-            .is_none_or(|u| u.is_healthy())
-    }
-}
-
-fn is_grpc(headers: &http::HeaderMap) -> bool {
+fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
 /// A response Rampart makes itself: 502/503/504 with `x-rampart-error`, or for gRPC a
 /// trailers-only HTTP 200 carrying `grpc-status` 14 (4 for timeouts).
 pub fn own_response(status: StatusCode, error: &'static str, grpc: bool) -> Response<RespBody> {
-    if grpc {
+    if grpc && status.is_server_error() {
         let code = if status == StatusCode::GATEWAY_TIMEOUT {
             "4"
         } else {
@@ -122,6 +164,7 @@ pub fn own_response(status: StatusCode, error: &'static str, grpc: bool) -> Resp
         "connect_failure" => "rampart: could not connect to the upstream\n",
         "timeout" => "rampart: the upstream did not answer in time\n",
         "bulkhead" => "rampart: the upstream is at its in-flight limit; retry shortly\n",
+        "bad_request" => "rampart: malformed request\n",
         _ => "rampart: the upstream's response was invalid or reset\n",
     };
     let mut response = Response::new(RespBody::own(text));
@@ -154,367 +197,699 @@ fn classify(error: &hyper_util::client::legacy::Error) -> AttemptFailure {
     AttemptFailure::ConnectRefused
 }
 
-/// One request's bookkeeping for metrics and the access log.
-struct Outcome {
-    status: u16,
+/// The gates of one request, over the snapshot and the shared state.
+struct RequestGates<'a> {
+    state: &'a ProxyState,
+    snapshot: &'a Snapshot,
+    now: Instant,
+    admission: Cell<Admission>,
+}
+
+impl Gates for RequestGates<'_> {
+    fn admin_killed(&self, route: usize) -> bool {
+        let kills = self.state.admin_kills.load();
+        !kills.is_empty()
+            && self
+                .snapshot
+                .config
+                .routes
+                .get(route)
+                .is_some_and(|r| kills.contains(&r.name))
+    }
+
+    fn breaker_admits(&self, route: usize, slot: BackendSlot) -> bool {
+        let Some(rt) = self.snapshot.routes.get(route) else {
+            return true;
+        };
+        let Some(slot_rt) = rt.slot(slot) else {
+            return true;
+        };
+        let Some(breaker) = &slot_rt.breaker else {
+            return true;
+        };
+        let (admission, transition) = breaker.admit(self.now);
+        if let Some(t) = transition {
+            self.state.breaker_transition(self.snapshot, route, slot, t);
+        }
+        self.admission.set(admission);
+        admission.admitted()
+    }
+
+    fn healthy(&self, upstream: UpstreamId) -> bool {
+        self.snapshot
+            .upstreams
+            .get(upstream.index())
+            .is_none_or(|u| u.is_healthy())
+    }
+}
+
+/// How a response ended, for the completion record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The body ended normally.
+    Complete,
+    /// The upstream body failed (reset, idle timeout).
+    BodyError,
+    /// The client went away before the end: not the upstream's fault.
+    ClientGone,
+}
+
+/// Everything needed to record a request once its response ends: breaker outcome,
+/// attempts, requests, latency, access log.
+pub struct Completion {
+    state: Arc<ProxyState>,
+    snapshot: Arc<Snapshot>,
+    route: Option<usize>,
     slot: BackendSlot,
+    admission: Admission,
+    status: u16,
     own: bool,
+    latency: Duration,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    decision: Decision,
     fallback: Option<&'static str>,
-    upstream_error: Option<&'static str>,
+    error: Option<&'static str>,
+    method: Method,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+    done: bool,
+}
+
+impl Completion {
+    /// Notes a `grpc-status` seen in trailers.
+    pub fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(code) = grpc_status(trailers) {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    /// Records the request; later calls do nothing.
+    pub fn finish(&mut self, end: End) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let route_rt = self.route_rt();
+        let route = self.route.and_then(|i| self.snapshot.config.routes.get(i));
+        let codes = route
+            .and_then(|r| r.breaker.as_ref())
+            .map(|b| b.grpc_error_codes.as_slice())
+            .unwrap_or(DEFAULT_GRPC_ERRORS);
+        // A gRPC response that ends without a status is UNKNOWN (2).
+        let grpc_code = match (self.grpc, self.grpc_status, end) {
+            (true, None, End::Complete) if !self.own => Some(2),
+            (_, code, _) => code,
+        };
+        let grpc_error = self.grpc && grpc_code.is_some_and(|c| codes.contains(&c));
+        let upstream_error =
+            !self.own && (self.status >= 500 || grpc_error || end == End::BodyError);
+        let class = if grpc_error || end == End::BodyError {
+            5
+        } else {
+            code_class_index(self.status)
+        };
+        let slot_rt = route_rt.slot(self.slot);
+        let metrics = match (self.own, slot_rt) {
+            (false, Some(s)) => &s.metrics,
+            _ => &route_rt.own,
+        };
+        if let Some(counter) = metrics.requests.get(class) {
+            counter.inc();
+        }
+        metrics.duration.observe(self.latency.as_secs_f64());
+        if !self.own {
+            if let Some(s) = slot_rt {
+                if upstream_error {
+                    s.metrics.attempt_error.inc();
+                } else {
+                    s.metrics.attempt_ok.inc();
+                }
+                if let (Some(breaker), Some(route_index)) = (&s.breaker, self.route) {
+                    let outcome = Outcome {
+                        error: upstream_error,
+                        latency: self.latency,
+                    };
+                    if let Some(t) = breaker.record(Instant::now(), self.admission, outcome) {
+                        self.state
+                            .breaker_transition(&self.snapshot, route_index, self.slot, t);
+                    }
+                }
+            }
+        }
+        let sample = self.snapshot.config.access_log_sample;
+        let always = self.own || self.fallback.is_some() || upstream_error || self.status >= 500;
+        if always || (sample > 0.0 && fastrand::f64() < sample) {
+            let backend = if self.own {
+                OWN_BACKEND
+            } else {
+                slot_rt.map(|s| s.name_str.as_str()).unwrap_or("")
+            };
+            let trace_id = self.traceparent.as_ref().and_then(|v| {
+                let text = v.to_str().ok()?;
+                text.split('-').nth(1).filter(|id| id.len() == 32)
+            });
+            tracing::info!(
+                target: "rampart::access",
+                route = route_rt.name_str.as_str(),
+                backend,
+                status = self.status,
+                code_class = CODE_CLASSES.get(class).copied().unwrap_or("error"),
+                reason = self.decision.reason.as_str(),
+                bucket = self.decision.bucket,
+                method = self.method.as_str(),
+                path = self.uri.path(),
+                latency_ms = self.latency.as_secs_f64() * 1000.0,
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                trace_id,
+                grpc_status = grpc_code,
+                fallback = self.fallback,
+                error = self.error,
+                end = ?end,
+                "request"
+            );
+        }
+    }
+
+    fn route_rt(&self) -> &RouteRuntime {
+        self.route
+            .and_then(|i| self.snapshot.routes.get(i))
+            .unwrap_or(&self.snapshot.default_route)
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.finish(End::ClientGone);
+    }
+}
+
+/// The head of a request as it goes upstream (the body travels separately).
+struct UpstreamHead {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
 }
 
 impl ProxyState {
+    /// A state serving `snapshot`.
+    pub fn new(snapshot: Snapshot, metrics: Metrics) -> ProxyState {
+        ProxyState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            admin_kills: ArcSwap::from_pointee(HashSet::new()),
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Reports a breaker transition: log at warn, metrics, split ratios, event sink.
+    pub fn breaker_transition(
+        &self,
+        snapshot: &Snapshot,
+        route: usize,
+        slot: BackendSlot,
+        t: Transition,
+    ) {
+        let Some(rt) = snapshot.routes.get(route) else {
+            return;
+        };
+        let Some(slot_rt) = rt.slot(slot) else { return };
+        slot_rt.publish_breaker_state();
+        if let Some(counters) = &slot_rt.breaker_transitions {
+            let index = rampart_core::breaker::BreakerState::ALL
+                .iter()
+                .position(|s| *s == t.to)
+                .unwrap_or(0);
+            if let Some(c) = counters.get(index) {
+                c.inc();
+            }
+        }
+        let next_probe_in_ms = t.open_for.map(|d| d.as_millis() as u64);
+        tracing::warn!(
+            route = rt.name_str.as_str(),
+            backend = slot_rt.name_str.as_str(),
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            cause = t.cause.as_str(),
+            requests = t.figures.requests,
+            errors = t.figures.errors,
+            error_rate = t.figures.error_rate(),
+            slow = t.figures.slow,
+            consecutive_errors = t.figures.consecutive_errors,
+            next_probe_in_ms,
+            "breaker {}",
+            t.to.as_str()
+        );
+        self.publish_split(snapshot, route);
+        if let Some(sink) = self.events.get() {
+            sink(&ProxyEvent::Breaker {
+                route: rt.name_str.clone(),
+                backend: slot_rt.name_str.clone(),
+                transition: t,
+            });
+        }
+    }
+
+    /// Whether the route is killed now, and by what (`config` first).
+    pub fn kill_source(&self, route: &Route) -> Option<&'static str> {
+        if route.killed.is_some() {
+            Some("config")
+        } else if self.admin_kills.load().contains(&route.name) {
+            Some("admin")
+        } else {
+            None
+        }
+    }
+
+    /// Sets `rampart_split_ratio` of one route to its effective shares: the split, with
+    /// killed, breaker-open and unhealthy backends' shares moved to stable.
+    pub fn publish_split(&self, snapshot: &Snapshot, route_index: usize) {
+        let Some(route) = snapshot.config.routes.get(route_index) else {
+            return;
+        };
+        let Some(rt) = snapshot.routes.get(route_index) else {
+            return;
+        };
+        let killed = self.kill_source(route).is_some();
+        let shares = route.shares(None);
+        let mut to_stable = 0.0;
+        let mut ratios: Vec<f64> = Vec::with_capacity(shares.len());
+        for (slot, share) in &shares {
+            let usable = slot.is_stable()
+                || (!killed
+                    && rt
+                        .slot(*slot)
+                        .and_then(|s| s.breaker.as_ref())
+                        .is_none_or(|b| b.state() == rampart_core::breaker::BreakerState::Closed)
+                    && snapshot
+                        .upstream_for(route, *slot)
+                        .is_none_or(|u| u.is_healthy()));
+            if usable {
+                ratios.push(share.ratio());
+            } else {
+                to_stable += share.ratio();
+                ratios.push(0.0);
+            }
+        }
+        if let Some(stable) = ratios.first_mut() {
+            *stable += to_stable;
+        }
+        for ((slot, _), ratio) in shares.iter().zip(ratios) {
+            if let Some(s) = rt.slot(*slot) {
+                self.metrics
+                    .split_ratio
+                    .with_label_values(&[&rt.name_str, &s.name_str])
+                    .set(ratio);
+            }
+        }
+    }
+
+    /// Publishes the effective split of every route of the applied snapshot.
+    pub fn publish_all_splits(&self) {
+        let snapshot = self.snapshot.load_full();
+        self.metrics.split_ratio.reset();
+        for i in 0..snapshot.config.routes.len() {
+            self.publish_split(&snapshot, i);
+        }
+    }
+
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        parts: &http::request::Parts,
+        peer: std::net::IpAddr,
+        now: Instant,
+    ) -> (Option<usize>, Decision, Admission) {
+        let config: &Config = &snapshot.config;
+        let facts = HttpFacts::new(parts);
+        let Some(index) = match_route(config, &facts) else {
+            return (None, default_decision(), Admission::Admitted);
+        };
+        let Some(route) = config.routes.get(index) else {
+            return (None, default_decision(), Admission::Admitted);
+        };
+        let xff = parts
+            .headers
+            .get_all(&headers::X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let client_ip = identity::client_ip(peer, xff, &config.trusted_proxies);
+        let id = identity::extract(&route.identity, &facts, Some(client_ip));
+        let candidate = decision::candidate(
+            config,
+            route,
+            &facts,
+            id.as_ref().map(|i| i.as_str()),
+            || fastrand::u16(..rampart_core::bucket::BUCKETS),
+            None,
+        );
+        let gates = RequestGates {
+            state: self,
+            snapshot,
+            now,
+            admission: Cell::new(Admission::Admitted),
+        };
+        let decided = decision::gate(index, route, candidate, &gates);
+        (Some(index), decided, gates.admission.get())
+    }
+
     /// Handles one request end to end. Never fails: every problem becomes a response.
-    pub async fn handle(&self, conn: ConnInfo, request: Request<Incoming>) -> Response<RespBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        conn: ConnInfo,
+        request: Request<Incoming>,
+    ) -> Response<RespBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let config: &Config = &snapshot.config;
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
         let peer_ip = identity::canonical_ip(conn.peer.ip());
-
-        // Decide, borrowing the request head; nothing here allocates.
-        let (route_index, decision) = {
-            let facts = HttpFacts::new(&parts);
-            match match_route(config, &facts) {
-                Some(index) => match config.routes.get(index) {
-                    Some(route) => {
-                        let xff = parts
-                            .headers
-                            .get_all(&headers::X_FORWARDED_FOR)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok());
-                        let client_ip = identity::client_ip(peer_ip, xff, &config.trusted_proxies);
-                        let id = identity::extract(&route.identity, &facts, Some(client_ip));
-                        let candidate = decision::candidate(
-                            config,
-                            route,
-                            &facts,
-                            id.as_ref().map(|i| i.as_str()),
-                            || fastrand::u16(..rampart_core::bucket::BUCKETS),
-                            None,
-                        );
-                        let gates = SnapshotGates {
-                            snapshot: &snapshot,
-                        };
-                        (Some(index), decision::gate(index, route, candidate, &gates))
-                    }
-                    None => (None, default_decision()),
-                },
-                None => (None, default_decision()),
-            }
+        let (route_index, mut decision, mut admission) =
+            self.decide(&snapshot, &parts, peer_ip, started);
+        let route = route_index.and_then(|i| snapshot.config.routes.get(i));
+        let mut completion = Completion {
+            state: Arc::clone(self),
+            snapshot: Arc::clone(&snapshot),
+            route: route_index,
+            slot: decision.slot,
+            admission,
+            status: 0,
+            own: false,
+            latency: Duration::ZERO,
+            grpc,
+            grpc_status: None,
+            decision,
+            fallback: None,
+            error: None,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            request_id: None,
+            traceparent: parts.headers.get(&headers::TRACEPARENT).cloned(),
+            done: false,
         };
-        let route = route_index.and_then(|i| config.routes.get(i));
-        let route_rt: &RouteRuntime = match route_index.and_then(|i| snapshot.routes.get(i)) {
-            Some(rt) => rt,
-            None => &snapshot.default_route,
-        };
+        let route_rt: &RouteRuntime = route_index
+            .and_then(|i| snapshot.routes.get(i))
+            .unwrap_or(&snapshot.default_route);
         let upstream_of = |slot: BackendSlot| -> Option<&Arc<UpstreamRuntime>> {
             match route {
                 Some(r) => snapshot.upstream_for(r, slot),
-                None => snapshot.upstreams.get(config.default_upstream.index()),
+                None => snapshot
+                    .upstreams
+                    .get(snapshot.config.default_upstream.index()),
             }
         };
 
         // The bulkhead gate: a non-stable candidate at its limit goes to stable; stable at
         // its limit is a 503 at once, never a queue.
-        let mut decision = decision;
-        let mut guard: Option<InflightGuard> = None;
-        if let Some(up) = upstream_of(decision.slot) {
-            guard = up.try_acquire();
-            if guard.is_none() && !decision.slot.is_stable() {
-                if let Some(c) = route_rt.bulkhead_rejections.get(decision.slot.index()) {
-                    c.inc();
-                }
-                decision = decision.to_stable(Reason::Bulkhead);
-                guard = upstream_of(BackendSlot::STABLE).and_then(|s| s.try_acquire());
+        let mut guard: Option<InflightGuard> =
+            upstream_of(decision.slot).and_then(|u| u.try_acquire());
+        if guard.is_none() && !decision.slot.is_stable() {
+            if let Some(s) = route_rt.slot(decision.slot) {
+                s.bulkhead_rejections.inc();
             }
-            if guard.is_none() && decision.slot.is_stable() {
-                if let Some(c) = route_rt.bulkhead_rejections.first() {
-                    c.inc();
-                }
-            }
+            decision = decision.to_stable(Reason::Bulkhead);
+            admission = Admission::Admitted;
+            guard = upstream_of(BackendSlot::STABLE).and_then(|u| u.try_acquire());
         }
         let (Some(upstream), Some(guard)) = (upstream_of(decision.slot), guard) else {
-            let response = own_response(StatusCode::SERVICE_UNAVAILABLE, "bulkhead", grpc);
-            self.finish(
-                &parts,
-                route_rt,
-                None,
-                &decision,
+            if let Some(s) = route_rt.slot(BackendSlot::STABLE) {
+                s.bulkhead_rejections.inc();
+            }
+            return own(
+                completion,
+                decision,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bulkhead",
                 started,
-                Outcome {
-                    status: 503,
-                    slot: decision.slot,
-                    own: true,
-                    fallback: None,
-                    upstream_error: Some("bulkhead"),
-                },
             );
-            return response;
         };
+        completion.decision = decision;
+        completion.slot = decision.slot;
+        completion.admission = admission;
 
-        // Rewrite the head for the upstream.
-        let keep_te = upstream.config.protocol != Protocol::Http1;
-        headers::strip_hop_by_hop(&mut parts.headers, keep_te);
-        parts.headers.remove(&X_RAMPART_ROUTE);
-        parts.headers.remove(&X_RAMPART_BACKEND);
-        parts
-            .headers
-            .insert(&X_RAMPART_ROUTE, route_rt.name.clone());
-        let peer_text = IpText::new(peer_ip);
-        headers::append_forwarded_for(&mut parts.headers, peer_text.as_str());
-        parts.headers.insert(
+        // The head for the upstream.
+        let mut head = UpstreamHead {
+            method: parts.method,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers: parts.headers,
+        };
+        let h = &mut head.headers;
+        headers::strip_hop_by_hop(h, true);
+        h.remove(&X_RAMPART_ROUTE);
+        h.remove(&X_RAMPART_BACKEND);
+        h.insert(&X_RAMPART_ROUTE, route_rt.name.clone());
+        headers::append_forwarded_for(h, IpText::new(peer_ip).as_str());
+        h.insert(
             &headers::X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
-        if !parts.headers.contains_key(&X_REQUEST_ID) {
-            parts
-                .headers
-                .insert(&X_REQUEST_ID, headers::new_request_id());
+        if !h.contains_key(&X_REQUEST_ID) {
+            h.insert(&X_REQUEST_ID, headers::new_request_id());
         }
-        if !parts.headers.contains_key(HOST) {
+        completion.request_id = h.get(&X_REQUEST_ID).cloned();
+        if !h.contains_key(HOST) {
             if let Some(host) = parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
-                parts.headers.insert(HOST, host);
+                h.insert(HOST, host);
             }
         }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let may_fall_back =
-            !decision.slot.is_stable() && route.is_some_and(|r| r.fallback != Fallback::Never);
-        let (first_body, reclaim) = if may_fall_back {
-            let (b, r) = reclaimable(body);
-            (ReqBody::Reclaimable { body: b }, Some(r))
-        } else {
-            (ReqBody::Streamed { body }, None)
-        };
-
-        let first = self
-            .attempt(
-                upstream,
-                &parts,
-                route_rt,
-                decision.slot,
-                path_and_query.clone(),
-                first_body,
-            )
-            .await;
-        let (result, served_slot, served_guard, fallback) = match first {
-            Err(failure) if failure.nothing_sent() && may_fall_back => {
-                let from = route_rt
-                    .backend_names
-                    .get(decision.slot.index())
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let route_name = route_rt.name.to_str().unwrap_or("");
-                self.metrics
-                    .fallbacks
-                    .with_label_values(&[route_name, from, "connect_failure"])
-                    .inc();
-                drop(guard);
-                let body = reclaim.and_then(|r| r.take());
-                match (upstream_of(BackendSlot::STABLE), body) {
-                    (Some(stable), Some(body)) => match stable.try_acquire() {
-                        Some(stable_guard) => {
-                            let retried = self
-                                .attempt(
-                                    stable,
-                                    &parts,
-                                    route_rt,
-                                    BackendSlot::STABLE,
-                                    path_and_query,
-                                    ReqBody::Streamed { body },
-                                )
-                                .await;
-                            (
-                                retried,
-                                BackendSlot::STABLE,
-                                Some(stable_guard),
-                                Some("connect_failure"),
-                            )
-                        }
-                        None => {
-                            let response =
-                                own_response(StatusCode::SERVICE_UNAVAILABLE, "bulkhead", grpc);
-                            self.finish(
-                                &parts,
-                                route_rt,
-                                None,
-                                &decision,
-                                started,
-                                Outcome {
-                                    status: 503,
-                                    slot: BackendSlot::STABLE,
-                                    own: true,
-                                    fallback: Some("connect_failure"),
-                                    upstream_error: Some("bulkhead"),
-                                },
-                            );
-                            return response;
-                        }
-                    },
-                    _ => (Err(failure), decision.slot, None, None),
+        // Fallback needs the body again: reclaimable while unread (connect failures), or
+        // buffered (small idempotent requests, `fallback: idempotent`).
+        let fallback = route.map(|r| r.fallback).unwrap_or(Fallback::Never);
+        let may_fall_back = !decision.slot.is_stable() && fallback != Fallback::Never;
+        let retry_after_response = may_fall_back
+            && fallback == Fallback::Idempotent
+            && is_idempotent(&head.method)
+            && (body.is_end_stream()
+                || body
+                    .size_hint()
+                    .upper()
+                    .is_some_and(|n| n <= MAX_RETRY_BODY));
+        let mut buffered: Option<Bytes> = None;
+        let mut reclaim = None;
+        let first_body = if retry_after_response {
+            match Limited::new(body, MAX_RETRY_BODY as usize).collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    buffered = Some(bytes.clone());
+                    ReqBody::Buffered {
+                        body: Full::new(bytes),
+                    }
+                }
+                Err(_) => {
+                    return own(
+                        completion,
+                        decision,
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        started,
+                    );
                 }
             }
-            other => (other, decision.slot, Some(guard), None),
+        } else if may_fall_back {
+            let (b, r) = reclaimable(body);
+            reclaim = Some(r);
+            ReqBody::Reclaimable { body: b }
+        } else {
+            ReqBody::Streamed { body }
         };
+
+        let first = send(upstream, &head, route_rt.slot(decision.slot), first_body).await;
+        let retry_reason = match &first {
+            Err(f) if may_fall_back && (f.nothing_sent() || buffered.is_some()) => {
+                Some((f.fallback_reason(), "attempt failed"))
+            }
+            Ok(r) if buffered.is_some() && r.status().is_server_error() => {
+                Some((1, "server error"))
+            }
+            _ => None,
+        };
+        let (result, served_slot, served_guard) = match retry_reason {
+            Some((reason_index, _)) => {
+                // The failed attempt counts against the canary's breaker.
+                self.record_failed_attempt(
+                    &completion,
+                    decision.slot,
+                    admission,
+                    started.elapsed(),
+                );
+                drop(first);
+                drop(guard);
+                if let Some(c) = route_rt
+                    .slot(decision.slot)
+                    .and_then(|s| s.fallbacks.get(reason_index))
+                {
+                    c.inc();
+                }
+                completion.fallback = crate::snapshot::FALLBACK_REASONS.get(reason_index).copied();
+                completion.admission = Admission::Admitted;
+                let retry_body = match (buffered, reclaim.and_then(|r| r.take())) {
+                    (Some(bytes), _) => Some(ReqBody::Buffered {
+                        body: Full::new(bytes),
+                    }),
+                    (None, Some(body)) => Some(ReqBody::Streamed { body }),
+                    (None, None) => None,
+                };
+                let stable = upstream_of(BackendSlot::STABLE);
+                match (stable, retry_body) {
+                    (Some(stable), Some(body)) => match stable.try_acquire() {
+                        Some(stable_guard) => {
+                            let second =
+                                send(stable, &head, route_rt.slot(BackendSlot::STABLE), body).await;
+                            (second, BackendSlot::STABLE, Some(stable_guard))
+                        }
+                        None => {
+                            completion.slot = BackendSlot::STABLE;
+                            return own(
+                                completion,
+                                decision,
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "bulkhead",
+                                started,
+                            );
+                        }
+                    },
+                    _ => (
+                        Err(AttemptFailure::ConnectRefused),
+                        BackendSlot::STABLE,
+                        None,
+                    ),
+                }
+            }
+            None => (first, decision.slot, Some(guard)),
+        };
+        completion.slot = served_slot;
+        completion.latency = started.elapsed();
 
         match result {
             Ok(response) => {
-                let (mut head, body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers, false);
-                let status = head.status.as_u16();
-                let metrics = route_rt.backends.get(served_slot.index());
-                self.finish(
-                    &parts,
-                    route_rt,
-                    metrics,
-                    &decision,
-                    started,
-                    Outcome {
-                        status,
-                        slot: served_slot,
-                        own: false,
-                        fallback,
-                        upstream_error: None,
-                    },
-                );
+                let (mut response_head, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut response_head.headers, false);
+                completion.status = response_head.status.as_u16();
+                completion.grpc_status = grpc_status(&response_head.headers);
                 let body = RespBody::Upstream {
                     body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
                     guard: served_guard,
+                    completion: Some(completion),
                 };
-                Response::from_parts(head, body)
+                Response::from_parts(response_head, body)
             }
             Err(failure) => {
                 drop(served_guard);
-                let status = failure.status();
-                self.finish(
-                    &parts,
-                    route_rt,
-                    None,
-                    &decision,
-                    started,
-                    Outcome {
-                        status: status.as_u16(),
-                        slot: served_slot,
-                        own: true,
-                        fallback,
-                        upstream_error: Some(failure.error_name()),
-                    },
+                // The failed attempt is the upstream's error; the client gets Rampart's answer.
+                self.record_failed_attempt(
+                    &completion,
+                    served_slot,
+                    completion.admission,
+                    completion.latency,
                 );
-                own_response(status, failure.error_name(), grpc)
+                completion.error = Some(failure.error_name());
+                own(
+                    completion,
+                    decision,
+                    failure.status(),
+                    failure.error_name(),
+                    started,
+                )
             }
         }
     }
 
-    /// Sends one attempt to `upstream` and classes its outcome for the attempts counter.
-    async fn attempt(
+    /// Records an attempt that produced no usable response: attempts counter and breaker.
+    fn record_failed_attempt(
         &self,
-        upstream: &UpstreamRuntime,
-        parts: &http::request::Parts,
-        route_rt: &RouteRuntime,
+        completion: &Completion,
         slot: BackendSlot,
-        path_and_query: PathAndQuery,
-        body: ReqBody,
-    ) -> Result<Response<Incoming>, AttemptFailure> {
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(upstream.scheme.clone());
-        uri_parts.authority = Some(upstream.authority.clone());
-        uri_parts.path_and_query = Some(path_and_query);
-        let uri = Uri::from_parts(uri_parts).map_err(|_| AttemptFailure::Protocol)?;
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = match upstream.config.protocol {
-            Protocol::Http1 => Version::HTTP_11,
-            Protocol::H2 | Protocol::H2c => Version::HTTP_2,
+        admission: Admission,
+        latency: Duration,
+    ) {
+        let route_rt = completion.route_rt();
+        let Some(slot_rt) = route_rt.slot(slot) else {
+            return;
         };
-        *request.headers_mut() = parts.headers.clone();
-        if let Some(name) = route_rt.backend_names.get(slot.index()) {
-            request
-                .headers_mut()
-                .insert(&X_RAMPART_BACKEND, name.clone());
-        }
-        let sent = tokio::time::timeout(
-            upstream.config.request_timeout,
-            upstream.client.request(request),
-        )
-        .await;
-        let result = match sent {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_elapsed) => Err(AttemptFailure::Timeout),
-        };
-        if let Some(m) = route_rt.backends.get(slot.index()) {
-            let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
-            if ok {
-                m.attempt_ok.inc()
-            } else {
-                m.attempt_error.inc()
+        slot_rt.metrics.attempt_error.inc();
+        if let (Some(breaker), Some(route)) = (&slot_rt.breaker, completion.route) {
+            if let Some(t) = breaker.record(
+                Instant::now(),
+                admission,
+                Outcome {
+                    error: true,
+                    latency,
+                },
+            ) {
+                self.breaker_transition(&completion.snapshot, route, slot, t);
             }
         }
-        result
     }
+}
 
-    /// Counts the request and writes the access log line (sampled; errors always).
-    fn finish(
-        &self,
-        parts: &http::request::Parts,
-        route_rt: &RouteRuntime,
-        backend_metrics: Option<&BackendMetrics>,
-        decision: &Decision,
-        started: Instant,
-        outcome: Outcome,
-    ) {
-        let elapsed = started.elapsed();
-        let metrics = if outcome.own {
-            &route_rt.own
-        } else {
-            backend_metrics.unwrap_or(&route_rt.own)
-        };
-        let class = code_class_index(outcome.status);
-        if let Some(counter) = metrics.requests.get(class) {
-            counter.inc();
-        }
-        metrics.duration.observe(elapsed.as_secs_f64());
-        let sample = self.snapshot.load().config.access_log_sample;
-        let always = outcome.own || outcome.fallback.is_some() || outcome.status >= 500;
-        if always || (sample > 0.0 && fastrand::f64() < sample) {
-            let backend = if outcome.own {
-                crate::snapshot::OWN_BACKEND
-            } else {
-                route_rt
-                    .backend_names
-                    .get(outcome.slot.index())
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-            };
-            tracing::info!(
-                target: "rampart::access",
-                route = route_rt.name.to_str().unwrap_or(""),
-                backend,
-                status = outcome.status,
-                code_class = CODE_CLASSES.get(class).copied().unwrap_or("error"),
-                reason = decision.reason.as_str(),
-                bucket = decision.bucket,
-                method = parts.method.as_str(),
-                path = parts.uri.path(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()),
-                trace_id = headers::trace_id(&parts.headers),
-                fallback = outcome.fallback,
-                error = outcome.upstream_error,
-                "request"
-            );
-        }
+/// Finishes `completion` as a response of Rampart's own.
+fn own(
+    mut completion: Completion,
+    decision: Decision,
+    status: StatusCode,
+    error: &'static str,
+    started: Instant,
+) -> Response<RespBody> {
+    completion.decision = decision;
+    completion.own = true;
+    completion.status = status.as_u16();
+    completion.error = Some(error);
+    completion.latency = started.elapsed();
+    let grpc = completion.grpc;
+    completion.finish(End::Complete);
+    own_response(status, error, grpc)
+}
+
+/// Sends one attempt to `upstream`.
+async fn send(
+    upstream: &UpstreamRuntime,
+    head: &UpstreamHead,
+    slot: Option<&SlotRuntime>,
+    body: ReqBody,
+) -> Result<Response<Incoming>, AttemptFailure> {
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(upstream.scheme.clone());
+    uri_parts.authority = Some(upstream.authority.clone());
+    uri_parts.path_and_query = Some(head.path_and_query.clone());
+    let uri = Uri::from_parts(uri_parts).map_err(|_| AttemptFailure::Protocol)?;
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = uri;
+    let h2 = upstream.config.protocol != Protocol::Http1;
+    *request.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = head.headers.clone();
+    if !h2 {
+        headers.remove(http::header::TE);
+    } else {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(s) = slot {
+        headers.insert(&X_RAMPART_BACKEND, s.name.clone());
+    }
+    *request.headers_mut() = headers;
+    match tokio::time::timeout(
+        upstream.config.request_timeout,
+        upstream.client.request(request),
+    )
+    .await
+    {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_elapsed) => Err(AttemptFailure::Timeout),
     }
 }
 

@@ -5,10 +5,13 @@
 use crate::metrics::Metrics;
 use crate::upstream::{UpstreamError, UpstreamRuntime};
 use http::HeaderValue;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use rampart_core::breaker::{Breaker, BreakerState};
+use rampart_core::config::BreakerConfig;
 use rampart_core::config::{BackendSlot, Config, Route};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Route label of requests that match no route.
 pub const DEFAULT_ROUTE: &str = "_default";
@@ -65,18 +68,58 @@ impl BackendMetrics {
     }
 }
 
+/// Fallback reasons, in the order of [`SlotRuntime::fallbacks`].
+pub const FALLBACK_REASONS: [&str; 4] = ["connect_failure", "server_error", "reset", "timeout"];
+
+/// One backend of one route at run time: names, metric handles, and its breaker.
+pub struct SlotRuntime {
+    /// The backend's name as a header value (`x-rampart-backend`).
+    pub name: HeaderValue,
+    /// The backend's name.
+    pub name_str: String,
+    /// Request and attempt metrics.
+    pub metrics: BackendMetrics,
+    /// `rampart_bulkhead_rejections_total{route,backend}`.
+    pub bulkhead_rejections: IntCounter,
+    /// The breaker of a non-stable backend on a route with `breaker:`.
+    pub breaker: Option<Arc<Breaker>>,
+    /// `rampart_breaker_state` per state, in [`BreakerState::ALL`] order.
+    pub breaker_state: Option<[IntGauge; 3]>,
+    /// `rampart_breaker_transitions_total` per state entered, in [`BreakerState::ALL`] order.
+    pub breaker_transitions: Option<[IntCounter; 3]>,
+    /// `rampart_fallbacks_total{from=this backend}` per reason, in [`FALLBACK_REASONS`] order.
+    pub fallbacks: [IntCounter; 4],
+}
+
+impl SlotRuntime {
+    /// Sets the state gauges to the breaker's current state.
+    pub fn publish_breaker_state(&self) {
+        if let (Some(breaker), Some(gauges)) = (&self.breaker, &self.breaker_state) {
+            let now = breaker.state();
+            for (state, gauge) in BreakerState::ALL.iter().zip(gauges) {
+                gauge.set(i64::from(*state == now));
+            }
+        }
+    }
+}
+
 /// A route's run-time handles, indexed by backend slot.
 pub struct RouteRuntime {
     /// Route label (`_default` for unmatched requests).
     pub name: HeaderValue,
-    /// Per backend slot: metrics.
-    pub backends: Vec<BackendMetrics>,
-    /// Per backend slot: the backend's name as a header value.
-    pub backend_names: Vec<HeaderValue>,
-    /// Per backend slot: `rampart_bulkhead_rejections_total`.
-    pub bulkhead_rejections: Vec<IntCounter>,
+    /// The route's name.
+    pub name_str: String,
+    /// Per backend slot.
+    pub slots: Vec<SlotRuntime>,
     /// Metrics of Rampart's own responses on this route.
     pub own: BackendMetrics,
+}
+
+impl RouteRuntime {
+    /// The slot's run-time handles.
+    pub fn slot(&self, slot: BackendSlot) -> Option<&SlotRuntime> {
+        self.slots.get(slot.index())
+    }
 }
 
 /// An applied config and its resolved run-time pieces.
@@ -127,7 +170,7 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|route| route_runtime(&config, metrics, route))
+            .map(|route| route_runtime(&config, metrics, route, previous))
             .collect();
         let default_name = config
             .upstream(config.default_upstream)
@@ -135,11 +178,8 @@ impl Snapshot {
             .unwrap_or_default();
         let default_route = RouteRuntime {
             name: HeaderValue::from_static(DEFAULT_ROUTE),
-            backends: vec![BackendMetrics::new(metrics, DEFAULT_ROUTE, &default_name)],
-            backend_names: vec![header_value(&default_name)],
-            bulkhead_rejections: vec![metrics
-                .bulkhead_rejections
-                .with_label_values(&[DEFAULT_ROUTE, &default_name])],
+            name_str: DEFAULT_ROUTE.to_string(),
+            slots: vec![slot_runtime(metrics, DEFAULT_ROUTE, &default_name, None)],
             own: BackendMetrics::new(metrics, DEFAULT_ROUTE, OWN_BACKEND),
         };
         Ok(Snapshot {
@@ -158,29 +198,92 @@ impl Snapshot {
     }
 }
 
-fn route_runtime(config: &Config, metrics: &Metrics, route: &Route) -> RouteRuntime {
+fn slot_runtime(
+    metrics: &Metrics,
+    route: &str,
+    backend: &str,
+    breaker: Option<Arc<Breaker>>,
+) -> SlotRuntime {
+    let breaker_state = breaker.as_ref().map(|_| {
+        BreakerState::ALL.map(|state| {
+            metrics
+                .breaker_state
+                .with_label_values(&[route, backend, state.as_str()])
+        })
+    });
+    let breaker_transitions = breaker.as_ref().map(|_| {
+        BreakerState::ALL.map(|state| {
+            metrics
+                .breaker_transitions
+                .with_label_values(&[route, backend, state.as_str()])
+        })
+    });
+    let slot = SlotRuntime {
+        name: header_value(backend),
+        name_str: backend.to_string(),
+        metrics: BackendMetrics::new(metrics, route, backend),
+        bulkhead_rejections: metrics
+            .bulkhead_rejections
+            .with_label_values(&[route, backend]),
+        breaker,
+        breaker_state,
+        breaker_transitions,
+        fallbacks: FALLBACK_REASONS.map(|reason| {
+            metrics
+                .fallbacks
+                .with_label_values(&[route, backend, reason])
+        }),
+    };
+    slot.publish_breaker_state();
+    slot
+}
+
+/// The breaker for (route, backend): the previous snapshot's when the names match (state
+/// survives a reload), carried over to new settings if they changed.
+fn breaker_for(
+    previous: Option<&Snapshot>,
+    route: &Route,
+    backend: &str,
+    config: &BreakerConfig,
+) -> Arc<Breaker> {
+    let old = previous
+        .and_then(|p| p.routes.iter().find(|r| r.name_str == route.name))
+        .and_then(|r| r.slots.iter().find(|s| s.name_str == backend))
+        .and_then(|s| s.breaker.clone());
+    match old {
+        Some(b) if b.config() == config => b,
+        Some(b) => Arc::new(Breaker::carry_over(&b, config.clone())),
+        None => Arc::new(Breaker::new(config.clone(), Instant::now())),
+    }
+}
+
+fn route_runtime(
+    config: &Config,
+    metrics: &Metrics,
+    route: &Route,
+    previous: Option<&Snapshot>,
+) -> RouteRuntime {
     let name = route.name.as_str();
-    let backend_names: Vec<&str> = route
+    let slots = route
         .backends
         .iter()
-        .map(|id| {
-            config
+        .enumerate()
+        .map(|(i, id)| {
+            let backend = config
                 .upstream(*id)
                 .map(|u| u.name.as_str())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let breaker = match (&route.breaker, i) {
+                (Some(b), i) if i > 0 => Some(breaker_for(previous, route, backend, b)),
+                _ => None,
+            };
+            slot_runtime(metrics, name, backend, breaker)
         })
         .collect();
     RouteRuntime {
         name: header_value(name),
-        backends: backend_names
-            .iter()
-            .map(|b| BackendMetrics::new(metrics, name, b))
-            .collect(),
-        backend_names: backend_names.iter().map(|b| header_value(b)).collect(),
-        bulkhead_rejections: backend_names
-            .iter()
-            .map(|b| metrics.bulkhead_rejections.with_label_values(&[name, b]))
-            .collect(),
+        name_str: name.to_string(),
+        slots,
         own: BackendMetrics::new(metrics, name, OWN_BACKEND),
     }
 }
