@@ -98,8 +98,16 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match runtime::tls_setup(&loaded.config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rampart: {e}");
+            tracing::error!(error = %e, "cannot load the TLS certificate");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     tokio.block_on(async move {
-        let bound = match runtime::bind(&loaded.config).await {
+        let bound = match runtime::bind(&loaded.config, tls).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("rampart: {e}");

@@ -98,7 +98,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         .replace("CANARY", &canary.to_string());
     let config =
         rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("demo.yaml")))?;
-    let bound = crate::runtime::bind(&config).await?;
+    let bound = crate::runtime::bind(&config, (None, None)).await?;
     let proxy_addr = bound.proxy.local_addr()?;
     let metrics_addr = bound.metrics.local_addr()?;
     let runtime = Arc::new(Runtime::new(Loaded {
@@ -116,6 +116,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     tokio::spawn(rampart_proxy::server::serve(
         bound.proxy,
         Arc::clone(&runtime.state),
+        None,
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(rampart_admin::metrics_server::serve(

@@ -16,5 +16,6 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::parse();
     logging::init();
+    rampart_proxy::tls::install_crypto_provider();
     commands::dispatch(cli)
 }

@@ -6,6 +6,7 @@ use prometheus::Registry;
 use rampart_admin::metrics_server::{self, Readiness};
 use rampart_core::config::{self, Config, ConfigErrors};
 use rampart_proxy::handler::ProxyState;
+use rampart_proxy::tls::ReloadingCert;
 use rampart_proxy::{Metrics, Snapshot, SnapshotSource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +336,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state_dir != new.state_dir {
         changed.push("state_dir");
     }
+    if old.tls != new.tls {
+        changed.push("tls");
+    }
     changed
 }
 
@@ -355,10 +360,50 @@ pub struct Bound {
     pub proxy: TcpListener,
     /// The metrics listener.
     pub metrics: TcpListener,
+    /// TLS on the data-plane listener, when `tls` is set.
+    pub tls: Option<TlsAcceptor>,
+    /// The data plane's certificate, re-read when its files change.
+    pub cert: Option<Arc<ReloadingCert>>,
+}
+
+/// Why the listener's TLS could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+#[error("tls: {0}")]
+pub struct TlsSetupError(#[from] rampart_proxy::tls::TlsError);
+
+/// Loads the data plane's certificate and builds its TLS acceptor, if `tls` is set.
+pub fn tls_setup(
+    config: &Config,
+) -> Result<(Option<TlsAcceptor>, Option<Arc<ReloadingCert>>), TlsSetupError> {
+    let Some(files) = &config.tls else {
+        return Ok((None, None));
+    };
+    let cert = Arc::new(ReloadingCert::new(
+        files.cert_file.clone(),
+        files.key_file.clone(),
+    )?);
+    let server_config = rampart_proxy::tls::server_config(Arc::clone(&cert))?;
+    Ok((Some(TlsAcceptor::from(server_config)), Some(cert)))
+}
+
+/// Re-reads the certificate; a bad new pair is refused and the old one keeps serving.
+fn reload_cert(cert: &ReloadingCert) {
+    match cert.reload() {
+        Ok(true) => {
+            tracing::info!(cert = %cert.files().0.display(), "TLS certificate reloaded: new connections get the new one")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "new TLS certificate refused; the old one keeps serving")
+        }
+    }
 }
 
 /// Binds the data-plane and metrics listeners of `config`.
-pub async fn bind(config: &Config) -> Result<Bound, BindError> {
+pub async fn bind(
+    config: &Config,
+    tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
+) -> Result<Bound, BindError> {
     let proxy = TcpListener::bind(config.listen)
         .await
         .map_err(|source| BindError {
@@ -373,7 +418,12 @@ pub async fn bind(config: &Config) -> Result<Bound, BindError> {
             addr: config.metrics_listen,
             source,
         })?;
-    Ok(Bound { proxy, metrics })
+    Ok(Bound {
+        proxy,
+        metrics,
+        tls: tls.0,
+        cert: tls.1,
+    })
 }
 
 /// Serves until SIGTERM or SIGINT, then drains (SPEC section 4); reloads on SIGHUP.
@@ -398,14 +448,23 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
+    let acceptor = bound.tls.clone();
     let proxy_task = tokio::spawn(rampart_proxy::server::serve(
         bound.proxy,
         Arc::clone(&runtime.state),
+        acceptor,
         stopped(proxy_stop_rx),
     ));
-    let _watcher = config_path
-        .clone()
-        .and_then(|path| crate::watch::spawn(Arc::clone(&runtime), path));
+    let _config_watcher = config_path.clone().and_then(|path| {
+        let runtime = Arc::clone(&runtime);
+        let watched = path.clone();
+        crate::watch::spawn("config", &[&watched], move || runtime.reload(&path))
+    });
+    let _cert_watcher = bound.cert.clone().and_then(|cert| {
+        let (c, k) = cert.files();
+        let (c, k) = (c.to_path_buf(), k.to_path_buf());
+        crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
+    });
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,
@@ -420,6 +479,9 @@ pub async fn serve(
             tick.tick().await;
             if let Some(path) = &config_path {
                 runtime.reload(path);
+            }
+            if let Some(cert) = &bound.cert {
+                reload_cert(cert);
             }
         }
     };

@@ -10,11 +10,13 @@
 
 pub mod body;
 pub mod facts;
+pub mod h1_inspect;
 pub mod handler;
 pub mod headers;
 pub mod metrics;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 pub use handler::ProxyState;

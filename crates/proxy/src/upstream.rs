@@ -5,11 +5,12 @@
 
 use crate::body::ReqBody;
 use http::uri::{Authority, Scheme};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
-use rampart_core::config::{Protocol, Upstream};
+use rampart_core::config::{Protocol, Scheme as UrlScheme, Upstream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,14 @@ use std::time::Duration;
 /// Why an upstream cannot be used with this build.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The upstream's TLS settings are unusable (e.g. an unreadable `ca_file`).
+    #[error("upstream {name:?}: {source}")]
+    Tls {
+        /// Upstream name.
+        name: String,
+        /// What was wrong.
+        source: Box<crate::tls::TlsError>,
+    },
     /// The URL's authority did not parse as an HTTP authority.
     #[error("upstream {name:?}: invalid authority {authority:?}")]
     Authority {
@@ -27,8 +36,8 @@ pub enum UpstreamError {
     },
 }
 
-/// The pooled HTTP client of one upstream.
-pub type UpstreamClient = Client<HttpConnector, ReqBody>;
+/// The pooled HTTP client of one upstream (TLS for https URLs, plain TCP otherwise).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
 
 /// An upstream's run-time state.
 pub struct UpstreamRuntime {
@@ -61,17 +70,34 @@ impl UpstreamRuntime {
         connector.set_nodelay(true);
         connector.enforce_http(false);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = crate::tls::client_config(config.ca_file.as_deref()).map_err(|source| {
+            UpstreamError::Tls {
+                name: config.name.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        // ALPN offers only the protocol configured, so an h2 upstream is h2 end to end.
+        let connector = match config.protocol {
+            Protocol::Http1 => https.enable_http1().wrap_connector(connector),
+            Protocol::H2 | Protocol::H2c => https.enable_http2().wrap_connector(connector),
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
-        if config.protocol == Protocol::H2c {
+        if config.protocol != Protocol::Http1 {
             builder.http2_only(true);
         }
         let client = builder.build(connector);
-        let scheme = Scheme::HTTP;
+        let scheme = match config.scheme {
+            UrlScheme::Https => Scheme::HTTPS,
+            UrlScheme::Http => Scheme::HTTP,
+        };
         Ok(UpstreamRuntime {
             config,
             scheme,
