@@ -108,10 +108,10 @@ pin_project! {
     /// The body sent to an upstream.
     #[project = ReqBodyProj]
     pub enum ReqBody {
-        /// The client's body, streamed.
-        Streamed { #[pin] body: Incoming },
+        /// The client's body, streamed (frames at most `idle_timeout` apart).
+        Streamed { #[pin] body: IdleBody<Incoming> },
         /// The client's body, reclaimable until first read.
-        Reclaimable { #[pin] body: ReclaimableBody },
+        Reclaimable { #[pin] body: IdleBody<ReclaimableBody> },
         /// A buffered body (retries of small idempotent requests).
         Buffered { #[pin] body: Full<Bytes> },
     }
@@ -126,7 +126,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ReqBodyProj::Streamed { body } => body.poll_frame(cx).map_err(Into::into),
+            ReqBodyProj::Streamed { body } => body.poll_frame(cx),
             ReqBodyProj::Reclaimable { body } => body.poll_frame(cx),
             ReqBodyProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }
@@ -150,12 +150,14 @@ impl Body for ReqBody {
 }
 
 pin_project! {
-    /// An upstream body whose frames may be at most `timeout` apart.
+    /// A body whose frames may be at most `timeout` apart.
+    ///
+    /// The timer is made only the first time the body has to wait, so a body that is
+    /// empty or already buffered costs no timer and no allocation.
     pub struct IdleBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
     }
 }
@@ -165,7 +167,7 @@ impl<B> IdleBody<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
         IdleBody {
             inner,
-            sleep: tokio::time::sleep(timeout),
+            sleep: None,
             timeout,
         }
     }
@@ -183,16 +185,21 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + *this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep.as_mut().reset(Instant::now() + *this.timeout);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.sleep.poll(cx));
-                Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.timeout)))))
+                let timeout = *this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout)))))
             }
         }
     }

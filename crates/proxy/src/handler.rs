@@ -12,7 +12,7 @@ use crate::snapshot::{
 use crate::upstream::{InflightGuard, UpstreamRuntime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -562,8 +562,15 @@ impl ProxyState {
     ) -> Response<RespBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
+        // An HTTP/1.1 upgrade (WebSocket) is decided like any request, then tunnelled.
+        let upgrade = upgrade_protocol(&parts).map(|protocol| {
+            (
+                protocol,
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            )
+        });
         let peer_ip = identity::canonical_ip(conn.peer.ip());
         let (route_index, mut decision, mut admission) =
             self.decide(&snapshot, &parts, peer_ip, started);
@@ -640,6 +647,10 @@ impl ProxyState {
         };
         let h = &mut head.headers;
         headers::strip_hop_by_hop(h, true);
+        if let Some((protocol, _)) = &upgrade {
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(UPGRADE, protocol.clone());
+        }
         h.remove(&X_RAMPART_ROUTE);
         h.remove(&X_RAMPART_BACKEND);
         h.insert(&X_RAMPART_ROUTE, route_rt.name.clone());
@@ -698,9 +709,13 @@ impl ProxyState {
         } else if may_fall_back {
             let (b, r) = reclaimable(body);
             reclaim = Some(r);
-            ReqBody::Reclaimable { body: b }
+            ReqBody::Reclaimable {
+                body: crate::body::IdleBody::new(b, upstream.config.idle_timeout),
+            }
         } else {
-            ReqBody::Streamed { body }
+            ReqBody::Streamed {
+                body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
+            }
         };
 
         let first = send(upstream, &head, route_rt.slot(decision.slot), first_body).await;
@@ -736,7 +751,9 @@ impl ProxyState {
                     (Some(bytes), _) => Some(ReqBody::Buffered {
                         body: Full::new(bytes),
                     }),
-                    (None, Some(body)) => Some(ReqBody::Streamed { body }),
+                    (None, Some(body)) => Some(ReqBody::Streamed {
+                        body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
+                    }),
                     (None, None) => None,
                 };
                 let stable = upstream_of(BackendSlot::STABLE);
@@ -771,9 +788,26 @@ impl ProxyState {
         completion.latency = started.elapsed();
 
         match result {
-            Ok(response) => {
+            Ok(mut response) => {
+                let upstream_upgrade = match (&upgrade, response.status()) {
+                    (Some(_), StatusCode::SWITCHING_PROTOCOLS) => {
+                        Some(hyper::upgrade::on(&mut response))
+                    }
+                    _ => None,
+                };
                 let (mut response_head, body) = response.into_parts();
+                let upgraded_protocol = response_head.headers.get(UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut response_head.headers, false);
+                let mut served_guard = served_guard;
+                if let (Some(upstream_side), Some((_, Some(client_side))), Some(protocol)) =
+                    (upstream_upgrade, upgrade, upgraded_protocol)
+                {
+                    response_head
+                        .headers
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    response_head.headers.insert(UPGRADE, protocol);
+                    tunnel(client_side, upstream_side, served_guard.take());
+                }
                 completion.status = response_head.status.as_u16();
                 completion.grpc_status = grpc_status(&response_head.headers);
                 let body = RespBody::Upstream {
@@ -830,6 +864,51 @@ impl ProxyState {
             }
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and
+/// `Upgrade: X`), if any.
+fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        parts.headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until
+/// either side closes; the upstream's in-flight slot is held for the tunnel's life.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: Option<InflightGuard>,
+) {
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+        }
+    });
 }
 
 /// Finishes `completion` as a response of Rampart's own.
