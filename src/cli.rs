@@ -42,6 +42,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit log (SPEC section 6).
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// A self-contained demo: embedded stable and canary upstreams, the proxy and traffic.
     Demo {
         /// How long to run, in seconds.
@@ -64,6 +70,20 @@ pub enum Command {
         /// Milliseconds to wait before every answer.
         #[arg(long, default_value = "0", value_parser = crate::demo_upstream::parse_delay_ms)]
         delay_ms: u64,
+    },
+}
+
+/// `rampart audit ...` commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's hash chain: exit 0 intact, 1 naming the first bad line.
+    Verify {
+        /// The audit log (state_dir/audit.jsonl).
+        file: PathBuf,
+        /// A hash kept elsewhere (an earlier `verify` prints the last one): the chain must
+        /// contain it, so lines cut from the end are found.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
     },
 }
 

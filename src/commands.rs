@@ -25,6 +25,9 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             json,
         } => explain(&config, &route, &identity, json),
         Command::Demo { seconds } => crate::demo::run(seconds),
+        Command::Audit {
+            command: crate::cli::AuditCommand::Verify { file, head },
+        } => crate::admin_control::verify_command(&file, head.as_deref()),
         Command::DemoUpstream {
             listen,
             version_label,
@@ -115,6 +118,14 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(EXIT_BIND);
             }
         };
+        let admin_listener = match crate::admin_control::bind(&loaded.config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rampart: {e}");
+                tracing::error!(error = %e, "listener cannot bind");
+                return ExitCode::from(EXIT_BIND);
+            }
+        };
         tracing::info!(file = %path.display(), sha256 = %loaded.source.sha256, threads, "config loaded");
         let runtime = match Runtime::new(loaded) {
             Ok(r) => Arc::new(r),
@@ -127,7 +138,13 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
             runtime.mark_rejected();
             runtime.set_last_seen(&std::fs::read(&path).unwrap_or_default());
         }
-        match runtime::serve(runtime, bound, Some(path)).await {
+        let admin = admin_listener
+            .map(|l| crate::admin_control::spawn(&runtime, l, path.clone()));
+        let served = runtime::serve(runtime, bound, Some(path)).await;
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rampart: {e:#}");

@@ -15,7 +15,7 @@ use rampart_proxy::SnapshotSource;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -35,7 +35,7 @@ routes:
     match: {path_prefix: /checkout}
     identity: [header:x-user-id]
     split: [{backend: canary, percent: 20}]
-    breaker: {window: 5s, min_requests: 20, max_error_rate: 0.2, open_for: 3s}
+    breaker: {window: 5s, min_requests: 20, max_error_rate: 0.2, open_for: 2s, max_open_for: 4s, half_open_requests: 5}
 "#;
 
 /// Counters the traffic generator keeps.
@@ -46,7 +46,7 @@ struct Tally {
     errors: AtomicU64,
 }
 
-async fn upstream(version: &'static str) -> std::io::Result<SocketAddr> {
+async fn upstream(version: &'static str, failing: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -54,13 +54,22 @@ async fn upstream(version: &'static str) -> std::io::Result<SocketAddr> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let service = service_fn(move |_req: Request<Incoming>| async move {
-                let mut response =
-                    Response::new(Full::new(Bytes::from(format!("hello from {version}\n"))));
-                response
-                    .headers_mut()
-                    .insert("x-version", http::HeaderValue::from_static(version));
-                Ok::<_, Infallible>(response)
+            let failing = Arc::clone(&failing);
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let status = if failing.load(Ordering::Relaxed) {
+                    http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    http::StatusCode::OK
+                };
+                async move {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(format!("hello from {version}\n"))));
+                    *response.status_mut() = status;
+                    response
+                        .headers_mut()
+                        .insert("x-version", http::HeaderValue::from_static(version));
+                    Ok::<_, Infallible>(response)
+                }
             });
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -70,6 +79,24 @@ async fn upstream(version: &'static str) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// When the embedded canary fails: from a quarter of the run to a bit past half of it
+/// (5 s to 12 s of the default 20 s).
+fn failure_window(length: Duration) -> (Duration, Duration) {
+    (length / 4, length * 3 / 5)
+}
+
+/// The canary breaker's state on the demo route.
+fn breaker_state(runtime: &Runtime) -> &'static str {
+    let snapshot = runtime.state.snapshot.load();
+    snapshot
+        .routes
+        .first()
+        .and_then(|r| r.slots.get(1))
+        .and_then(|s| s.breaker.as_ref())
+        .map(|b| b.state().as_str())
+        .unwrap_or("-")
 }
 
 /// Runs the demo for `seconds` and exits 0.
@@ -91,8 +118,9 @@ pub fn run(seconds: u64) -> ExitCode {
 }
 
 async fn demo(length: Duration) -> anyhow::Result<()> {
-    let stable = upstream("v1").await?;
-    let canary = upstream("v2").await?;
+    let canary_failing = Arc::new(AtomicBool::new(false));
+    let stable = upstream("v1", Arc::new(AtomicBool::new(false))).await?;
+    let canary = upstream("v2", Arc::clone(&canary_failing)).await?;
     let text = DEMO_CONFIG
         .replace("STABLE", &stable.to_string())
         .replace("CANARY", &canary.to_string());
@@ -132,10 +160,18 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     println!("  canary upstream \"v2\"  http://{canary}");
     println!("  proxy                 http://{proxy_addr}   (route checkout: /checkout, 20 % canary by x-user-id)");
     println!("  metrics               http://{metrics_addr}/metrics");
+    let (fail_at, heal_at) = failure_window(length);
     println!();
     println!(
-        "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}",
-        "t(s)", "req/s", "stable v1", "canary v2", "errors"
+        "The canary answers 500 from {}s to {}s: watch the breaker take its users back to",
+        fail_at.as_secs(),
+        heal_at.as_secs()
+    );
+    println!("stable within a second, probe after open_for, and close once the canary is healthy.");
+    println!();
+    println!(
+        "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}  {:<10}  {}",
+        "t(s)", "req/s", "to stable v1", "to canary v2", "5xx", "breaker", "canary"
     );
 
     let tally = Arc::new(Tally::default());
@@ -175,16 +211,20 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         }));
     }
     let started = Instant::now();
-    let mut last_total = 0u64;
+    let mut last = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while Instant::now() < deadline {
         tick.tick().await;
-        let (s, c, e) = (
+        let elapsed = started.elapsed();
+        canary_failing.store(elapsed >= fail_at && elapsed < heal_at, Ordering::Relaxed);
+        let now = (
             tally.stable.load(Ordering::Relaxed),
             tally.canary.load(Ordering::Relaxed),
             tally.errors.load(Ordering::Relaxed),
         );
+        // This second's traffic, so the breaker's effect shows at once.
+        let (s, c, e) = (now.0 - last.0, now.1 - last.1, now.2 - last.2);
         let total = s + c + e;
         let share = |x: u64| {
             if total == 0 {
@@ -194,16 +234,22 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             }
         };
         println!(
-            "{:>5}  {:>8}  {:>7} {:>5.1}%  {:>7} {:>5.1}%  {:>6}",
+            "{:>5}  {:>8}  {:>7} {:>5.1}%  {:>7} {:>5.1}%  {:>6}  {:<10}  {}",
             started.elapsed().as_secs(),
-            total - last_total,
+            total,
             s,
             share(s),
             c,
             share(c),
-            e
+            e,
+            breaker_state(&runtime),
+            if canary_failing.load(Ordering::Relaxed) {
+                "failing (500)"
+            } else {
+                "healthy"
+            }
         );
-        last_total = total;
+        last = now;
     }
     for w in workers {
         let _ = w.await;

@@ -3,11 +3,13 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_control;
 mod cli;
 mod commands;
 mod demo;
 mod demo_upstream;
 mod logging;
+mod rollout_store;
 mod runtime;
 mod watch;
 

@@ -129,18 +129,25 @@ pub struct Runtime {
     /// sha256 of the config file as last read (valid or not), so an unchanged file is
     /// neither re-applied nor re-rejected by every periodic check.
     last_seen: std::sync::Mutex<String>,
+    /// Admin kills, pauses, config history, rollback pin and audit log (admin_control.rs).
+    pub admin: crate::admin_control::RuntimeAdmin,
 }
 
 impl Runtime {
     /// Builds the runtime around a first config.
     pub fn new(loaded: Loaded) -> anyhow::Result<Runtime> {
         let state_dir = loaded.config.state_dir.clone();
+        let admin = crate::admin_control::RuntimeAdmin::new(&loaded);
         let bytes = loaded.bytes.clone();
         let loaded_sha = loaded.source.sha256.clone();
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         let config = Arc::new(loaded.config);
-        let snapshot = Snapshot::build(config, loaded.source, &metrics, None)
+        let persisted = state_dir
+            .as_deref()
+            .map(crate::rollout_store::load)
+            .unwrap_or_default();
+        let snapshot = Snapshot::build(config, loaded.source, &metrics, None, &persisted)
             .context("building the first snapshot")?;
         let state = Arc::new(ProxyState::new(snapshot, metrics));
         let first_sha = loaded_sha.clone();
@@ -150,6 +157,7 @@ impl Runtime {
             readiness: Arc::new(Readiness::default()),
             state_dir,
             last_seen: std::sync::Mutex::new(first_sha),
+            admin,
         };
         runtime.publish_config_metrics(None);
         runtime
@@ -159,6 +167,7 @@ impl Runtime {
             .with_label_values(&["applied"])
             .inc();
         runtime.keep_last_good(&bytes);
+        runtime.admin.start(&runtime);
         Ok(runtime)
     }
 
@@ -167,6 +176,21 @@ impl Runtime {
     pub fn set_last_seen(&self, file_bytes: &[u8]) {
         if let Ok(mut last) = self.last_seen.lock() {
             *last = config::sha256_hex(file_bytes);
+        }
+    }
+
+    /// Writes every rollout's state to `state_dir` (after verdicts and operator actions).
+    pub fn persist_rollouts(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let snapshot = self.state.snapshot.load();
+        let states: Vec<_> = snapshot
+            .routes
+            .iter()
+            .filter_map(|rt| rt.rollout.as_ref())
+            .filter_map(|r| r.snapshot().map(|(state, _)| (r.route.clone(), state)))
+            .collect();
+        if let Err(e) = crate::rollout_store::save(dir, &states) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot keep rollout state in state_dir");
         }
     }
 
@@ -200,6 +224,7 @@ impl Runtime {
             loaded.source,
             &self.state.metrics,
             Some(&previous),
+            &std::collections::HashMap::new(),
         )?;
         for warning in restart_only_changes(&previous.config, &snapshot.config) {
             tracing::warn!(
@@ -207,13 +232,16 @@ impl Runtime {
                 "this setting changes only at restart; the rest of the new config is applied"
             );
         }
-        self.state.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.state.snapshot.store(Arc::clone(&snapshot));
+        self.admin.applied(&previous, &snapshot, &bytes);
         self.publish_config_metrics(Some(&previous.config));
         self.state
             .metrics
             .config_reloads
             .with_label_values(&["applied"])
             .inc();
+        rampart_proxy::health::start_checkers(&self.state);
         self.keep_last_good(&bytes);
         Ok(())
     }
@@ -250,11 +278,13 @@ impl Runtime {
                 Ok(()) => tracing::info!(sha256 = %seen, file = %path.display(), "config applied"),
                 Err(e) => {
                     self.mark_rejected();
+                    self.admin.rejected(path, &seen, &format!("{e:#}"));
                     tracing::error!(error = %format!("{e:#}"), file = %path.display(), "config rejected; the last good config keeps serving");
                 }
             },
             Err(e) => {
                 self.mark_rejected();
+                self.admin.rejected(path, &seen, &e.to_string());
                 tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
             }
         }
@@ -465,6 +495,7 @@ pub async fn serve(
         let (c, k) = (c.to_path_buf(), k.to_path_buf());
         crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
     });
+    rampart_proxy::health::start_checkers(&runtime.state);
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,
@@ -486,6 +517,16 @@ pub async fn serve(
         }
     };
     tokio::pin!(periodic);
+    let rollouts = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if runtime.state.tick_rollouts(std::time::SystemTime::now()) {
+                runtime.persist_rollouts();
+            }
+        }
+    };
+    tokio::pin!(rollouts);
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -497,6 +538,7 @@ pub async fn serve(
                 }
             }
             _ = &mut periodic => {}
+            _ = &mut rollouts => {}
         }
     }
 

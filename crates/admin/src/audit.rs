@@ -31,6 +31,12 @@ pub const ZERO_HASH: &str = "000000000000000000000000000000000000000000000000000
 /// Action of the entry the writer adds after a torn final line it found on open.
 pub const TORN_LINE_ACTION: &str = "audit.torn_line";
 
+/// `t` as RFC 3339 UTC with milliseconds, the audit log's `ts` format (also used for the
+/// times the admin API shows, so they read alike).
+pub fn rfc3339_millis(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Length of `,"hash":"` + 64 hex digits + `"}`: the suffix every line ends with.
 const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
@@ -171,8 +177,8 @@ fn is_hex64(text: &str) -> bool {
 
 /// Checks one line (without its newline) against its own hash.
 fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
-    let text = std::str::from_utf8(line)
-        .map_err(|_| LineFault::Unreadable("not UTF-8".to_string()))?;
+    let text =
+        std::str::from_utf8(line).map_err(|_| LineFault::Unreadable("not UTF-8".to_string()))?;
     if text.len() < HASH_SUFFIX_LEN || !text.is_char_boundary(text.len() - HASH_SUFFIX_LEN) {
         return Err(LineFault::Unreadable(
             "too short to end with a hash".to_string(),
@@ -255,7 +261,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -302,14 +310,14 @@ impl AuditLog {
                 "the audit log's last line is not a valid entry (edited by hand?); appending after the last valid entry; `rampart audit verify` will name it"
             );
         }
-        let torn = scan.torn.map(|n| {
+        let torn = scan.torn;
+        if let Some(n) = torn {
             tracing::warn!(
                 file = %path.display(),
                 line = n,
                 "the audit log's final line is torn (a crash during a write); starting a new line after it"
             );
-            n
-        });
+        }
         let log = AuditLog {
             path: path.to_path_buf(),
             clock,
@@ -347,9 +355,7 @@ impl AuditLog {
         if let Some(torn) = w.torn {
             let ts = humantime::format_rfc3339_millis(self.clock.wall()).to_string();
             // End the torn line so the acknowledgement starts a line of its own.
-            w.file
-                .write_all(b"\n")
-                .map_err(io_error(&self.path))?;
+            w.file.write_all(b"\n").map_err(io_error(&self.path))?;
             w.lines += 1;
             w.torn = None;
             let ack = NewEntry::new(
@@ -733,7 +739,17 @@ mod tests {
     #[test]
     fn route_and_reason_sit_between_action_and_detail() {
         let (_, line) = encode_line(3, "t", &entry(1), ZERO_HASH).unwrap();
-        let order = ["\"seq\"", "\"ts\"", "\"actor\"", "\"action\"", "\"route\"", "\"reason\"", "\"detail\"", "\"prev_hash\"", "\"hash\""];
+        let order = [
+            "\"seq\"",
+            "\"ts\"",
+            "\"actor\"",
+            "\"action\"",
+            "\"route\"",
+            "\"reason\"",
+            "\"detail\"",
+            "\"prev_hash\"",
+            "\"hash\"",
+        ];
         let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     }

@@ -241,7 +241,7 @@ impl TokenStore {
         let Ok(mut loaded) = self.loaded.lock() else {
             return 0;
         };
-        let display = path.display().to_string();
+        let shown = path.display().to_string();
         let meta = std::fs::metadata(path);
         let now_stamp = meta.as_ref().ok().map(stamp);
         if loaded.stamp.is_some() && loaded.stamp == now_stamp {
@@ -249,7 +249,7 @@ impl TokenStore {
         }
         let result = meta
             .map_err(|source| TokensError::Read {
-                path: display.clone(),
+                path: shown.clone(),
                 source,
             })
             .and_then(|meta| {
@@ -257,28 +257,27 @@ impl TokenStore {
                 let mode = meta.permissions().mode() & 0o7777;
                 if mode & 0o022 != 0 {
                     return Err(TokensError::Writable {
-                        path: display.clone(),
+                        path: shown.clone(),
                         mode,
                     });
                 }
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| TokensError::Read {
-                        path: display.clone(),
-                        source,
-                    })?;
-                parse(&display, &text)
+                let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                parse(&shown, &text)
             });
         loaded.stamp = now_stamp;
         match result {
             Ok(entries) => {
-                tracing::info!(file = %display, tokens = entries.len(), "admin tokens loaded");
+                tracing::info!(file = %shown, tokens = entries.len(), "admin tokens loaded");
                 loaded.entries = entries;
                 loaded.error = None;
             }
             Err(e) => {
                 let message = e.to_string();
                 if loaded.error.as_deref() != Some(message.as_str()) {
-                    tracing::error!(file = %display, error = %message, "admin tokens file refused: no admin token is accepted until it is fixed");
+                    tracing::error!(file = %shown, error = %message, "admin tokens file refused: no admin token is accepted until it is fixed");
                 }
                 loaded.entries = Vec::new();
                 loaded.error = Some(message);
@@ -356,8 +355,10 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("rampart-tokens-{tag}-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-tokens-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.yaml");
         std::fs::write(&path, text).unwrap();
@@ -446,7 +447,10 @@ mod tests {
             Authn::Valid(_)
         ));
         // Revoke the viewer: same length of file is fine, the stamp includes ctime/inode.
-        let text = format!("- {{name: root, role: admin, sha256: {}}}\n", hex(ADMIN_TOKEN));
+        let text = format!(
+            "- {{name: root, role: admin, sha256: {}}}\n",
+            hex(ADMIN_TOKEN)
+        );
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -484,8 +488,8 @@ mod tests {
         ];
         for text in bad {
             let path = file("invalid", &text, 0o600);
-            let display = path.display().to_string();
-            assert!(parse(&display, &text).is_err(), "{text}");
+            let shown = path.display().to_string();
+            assert!(parse(&shown, &text).is_err(), "{text}");
             let store = TokenStore::new(Some(path));
             assert_eq!(
                 store.authenticate(Some(&bearer(ADMIN_TOKEN))),
@@ -496,7 +500,10 @@ mod tests {
 
     #[test]
     fn a_listed_short_token_is_refused() {
-        let text = format!("- {{name: weak, role: admin, sha256: {}}}\n", hex("hunter2"));
+        let text = format!(
+            "- {{name: weak, role: admin, sha256: {}}}\n",
+            hex("hunter2")
+        );
         let store = TokenStore::new(Some(file("short", &text, 0o600)));
         assert_eq!(
             store.authenticate(Some(&bearer("hunter2"))),

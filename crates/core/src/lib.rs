@@ -18,3 +18,4 @@ pub mod config;
 pub mod decision;
 pub mod identity;
 pub mod matching;
+pub mod rollout;

@@ -23,6 +23,7 @@ use rampart_core::config::{BackendSlot, Config, Fallback, Protocol, Route, Upstr
 use rampart_core::decision::{self, Decision, Gates, Reason};
 use rampart_core::identity::{self, IpText};
 use rampart_core::matching::match_route;
+use rampart_core::rollout::{RolloutEvent, RolloutStatus};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -38,6 +39,13 @@ const DEFAULT_GRPC_ERRORS: &[u32] = &[2, 4, 8, 13, 14];
 /// Something the data plane did that the audit log and operators want to know.
 #[derive(Debug, Clone)]
 pub enum ProxyEvent {
+    /// A rollout verdict ran (pass, inconclusive or fail), possibly changing step or status.
+    Rollout {
+        /// Route name.
+        route: String,
+        /// The verdict and its effect.
+        event: RolloutEvent,
+    },
     /// A breaker changed state.
     Breaker {
         /// Route name.
@@ -326,6 +334,9 @@ impl Completion {
                 } else {
                     s.metrics.attempt_ok.inc();
                 }
+                if let Some(rollout) = &route_rt.rollout {
+                    rollout.record(self.slot, upstream_error, self.latency);
+                }
                 if let (Some(breaker), Some(route_index)) = (&s.breaker, self.route) {
                     let outcome = Outcome {
                         error: upstream_error,
@@ -441,6 +452,11 @@ impl ProxyState {
             "breaker {}",
             t.to.as_str()
         );
+        if let Some(rollout) = &rt.rollout {
+            if t.to == rampart_core::breaker::BreakerState::Open && slot == rollout.canary_slot {
+                rollout.breaker_opened();
+            }
+        }
         self.publish_split(snapshot, route);
         if let Some(sink) = self.events.get() {
             sink(&ProxyEvent::Breaker {
@@ -462,17 +478,22 @@ impl ProxyState {
         }
     }
 
-    /// Sets `rampart_split_ratio` of one route to its effective shares: the split, with
-    /// killed, breaker-open and unhealthy backends' shares moved to stable.
-    pub fn publish_split(&self, snapshot: &Snapshot, route_index: usize) {
+    /// The effective share (0..1) of each backend slot of one route, beside its configured
+    /// share: the split, with killed, breaker-open and unhealthy backends' shares moved to
+    /// stable. What `rampart_split_ratio` and the admin status show.
+    pub fn effective_split(
+        &self,
+        snapshot: &Snapshot,
+        route_index: usize,
+    ) -> Vec<(BackendSlot, rampart_core::config::Percent, f64)> {
         let Some(route) = snapshot.config.routes.get(route_index) else {
-            return;
+            return Vec::new();
         };
         let Some(rt) = snapshot.routes.get(route_index) else {
-            return;
+            return Vec::new();
         };
         let killed = self.kill_source(route).is_some();
-        let shares = route.shares(None);
+        let shares = route.shares(rt.rollout.as_ref().map(|r| r.first_entry()));
         let mut to_stable = 0.0;
         let mut ratios: Vec<f64> = Vec::with_capacity(shares.len());
         for (slot, share) in &shares {
@@ -495,8 +516,21 @@ impl ProxyState {
         if let Some(stable) = ratios.first_mut() {
             *stable += to_stable;
         }
-        for ((slot, _), ratio) in shares.iter().zip(ratios) {
-            if let Some(s) = rt.slot(*slot) {
+        shares
+            .into_iter()
+            .zip(ratios)
+            .map(|((slot, share), ratio)| (slot, share, ratio))
+            .collect()
+    }
+
+    /// Sets `rampart_split_ratio` of one route to its effective shares
+    /// ([`ProxyState::effective_split`]).
+    pub fn publish_split(&self, snapshot: &Snapshot, route_index: usize) {
+        let Some(rt) = snapshot.routes.get(route_index) else {
+            return;
+        };
+        for (slot, _, ratio) in self.effective_split(snapshot, route_index) {
+            if let Some(s) = rt.slot(slot) {
                 self.metrics
                     .split_ratio
                     .with_label_values(&[&rt.name_str, &s.name_str])
@@ -505,12 +539,76 @@ impl ProxyState {
         }
     }
 
+    /// Runs due rollout verdicts at `now`; each verdict is logged with its figures,
+    /// published in metrics and reported to the event sink. Returns whether any ran.
+    pub fn tick_rollouts(&self, now: std::time::SystemTime) -> bool {
+        let snapshot = self.snapshot.load_full();
+        let mut any = false;
+        for (index, rt) in snapshot.routes.iter().enumerate() {
+            let Some(rollout) = &rt.rollout else { continue };
+            let Some(event) = rollout.tick(now) else {
+                continue;
+            };
+            any = true;
+            let a = &event.analysis;
+            tracing::warn!(
+                route = rt.name_str.as_str(),
+                verdict = a.verdict.as_str(),
+                step_from = event.step.0,
+                step_to = event.step.1,
+                status_from = event.status.0.as_str(),
+                status_to = event.status.1.as_str(),
+                percent = %event.percent,
+                canary_requests = a.figures.canary.requests,
+                canary_error_rate = a.figures.canary.error_rate(),
+                canary_p99_ms = a.figures.canary.p99.map(|d| d.as_secs_f64() * 1000.0),
+                stable_requests = a.figures.stable.requests,
+                stable_error_rate = a.figures.stable.error_rate(),
+                stable_p99_ms = a.figures.stable.p99.map(|d| d.as_secs_f64() * 1000.0),
+                breaker_opened = a.figures.breaker_opened,
+                "rollout verdict"
+            );
+            self.publish_rollout(&snapshot, index);
+            self.publish_split(&snapshot, index);
+            if let Some(sink) = self.events.get() {
+                sink(&ProxyEvent::Rollout {
+                    route: rt.name_str.clone(),
+                    event,
+                });
+            }
+        }
+        any
+    }
+
+    /// Sets `rampart_rollout_step` and `rampart_rollout_status` of one route.
+    pub fn publish_rollout(&self, snapshot: &Snapshot, route_index: usize) {
+        let Some(rt) = snapshot.routes.get(route_index) else {
+            return;
+        };
+        let Some((state, _)) = rt.rollout.as_ref().and_then(|r| r.snapshot()) else {
+            return;
+        };
+        self.metrics
+            .rollout_step
+            .with_label_values(&[&rt.name_str])
+            .set(i64::try_from(state.step).unwrap_or(i64::MAX));
+        for status in RolloutStatus::ALL {
+            self.metrics
+                .rollout_status
+                .with_label_values(&[&rt.name_str, status.as_str()])
+                .set(i64::from(status == state.status));
+        }
+    }
+
     /// Publishes the effective split of every route of the applied snapshot.
     pub fn publish_all_splits(&self) {
         let snapshot = self.snapshot.load_full();
         self.metrics.split_ratio.reset();
+        self.metrics.rollout_step.reset();
+        self.metrics.rollout_status.reset();
         for i in 0..snapshot.config.routes.len() {
             self.publish_split(&snapshot, i);
+            self.publish_rollout(&snapshot, i);
         }
     }
 
@@ -536,13 +634,18 @@ impl ProxyState {
             .filter_map(|v| v.to_str().ok());
         let client_ip = identity::client_ip(peer, xff, &config.trusted_proxies);
         let id = identity::extract(&route.identity, &facts, Some(client_ip));
+        let first_entry = snapshot
+            .routes
+            .get(index)
+            .and_then(|rt| rt.rollout.as_ref())
+            .map(|r| r.first_entry());
         let candidate = decision::candidate(
             config,
             route,
             &facts,
             id.as_ref().map(|i| i.as_str()),
             || fastrand::u16(..rampart_core::bucket::BUCKETS),
-            None,
+            first_entry,
         );
         let gates = RequestGates {
             state: self,
@@ -851,6 +954,9 @@ impl ProxyState {
             return;
         };
         slot_rt.metrics.attempt_error.inc();
+        if let Some(rollout) = &route_rt.rollout {
+            rollout.record(slot, true, latency);
+        }
         if let (Some(breaker), Some(route)) = (&slot_rt.breaker, completion.route) {
             if let Some(t) = breaker.record(
                 Instant::now(),

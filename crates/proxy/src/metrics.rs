@@ -35,6 +35,8 @@ pub struct Metrics {
     pub upstream_inflight: IntGaugeVec,
     /// `rampart_upstream_healthy{upstream}`.
     pub upstream_healthy: IntGaugeVec,
+    /// `rampart_health_checks_total{upstream,result}`: active health check probes.
+    pub health_checks: IntCounterVec,
     /// `rampart_kill_active{route,source}`.
     pub kill_active: IntGaugeVec,
     /// `rampart_rollout_step{route}`.
@@ -126,6 +128,7 @@ impl Metrics {
             bulkhead_rejections: counter(registry, "rampart_bulkhead_rejections_total", "Requests turned away from a backend at max_inflight.", &["route", "backend"])?,
             upstream_inflight: gauge(registry, "rampart_upstream_inflight", "Requests in flight to each upstream.", &["upstream"])?,
             upstream_healthy: gauge(registry, "rampart_upstream_healthy", "1 if the upstream passes its health checks (or has none).", &["upstream"])?,
+            health_checks: counter(registry, "rampart_health_checks_total", "Active health check probes, by upstream and result (pass, fail).", &["upstream", "result"])?,
             kill_active: gauge(registry, "rampart_kill_active", "1 while the route is killed, by the kill's source.", &["route", "source"])?,
             rollout_step: gauge(registry, "rampart_rollout_step", "Index of the rollout's current step.", &["route"])?,
             rollout_status: gauge(registry, "rampart_rollout_status", "1 for the rollout's current status.", &["route", "status"])?,

@@ -3,15 +3,18 @@
 //! request sees the old snapshot or the new one, never a mix.
 
 use crate::metrics::Metrics;
+use crate::rollout::RolloutRuntime;
 use crate::upstream::{UpstreamError, UpstreamRuntime};
 use http::HeaderValue;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rampart_core::breaker::{Breaker, BreakerState};
 use rampart_core::config::BreakerConfig;
 use rampart_core::config::{BackendSlot, Config, Route};
+use rampart_core::rollout::RolloutState;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Route label of requests that match no route.
 pub const DEFAULT_ROUTE: &str = "_default";
@@ -113,6 +116,8 @@ pub struct RouteRuntime {
     pub slots: Vec<SlotRuntime>,
     /// Metrics of Rampart's own responses on this route.
     pub own: BackendMetrics,
+    /// The route's rollout, when it has a `rollout` block.
+    pub rollout: Option<Arc<RolloutRuntime>>,
 }
 
 impl RouteRuntime {
@@ -141,12 +146,15 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 impl Snapshot {
-    /// Resolves `config`, reusing upstream clients of `previous` whose settings are unchanged.
+    /// Resolves `config`, reusing upstream clients of `previous` whose settings are
+    /// unchanged, and breaker and rollout state of routes and backends whose names are.
+    /// `persisted_rollouts` is the rollout state `state_dir` kept, for the first build.
     pub fn build(
         config: Arc<Config>,
         source: SnapshotSource,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
+        persisted_rollouts: &HashMap<String, RolloutState>,
     ) -> Result<Snapshot, UpstreamError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
@@ -170,7 +178,7 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|route| route_runtime(&config, metrics, route, previous))
+            .map(|route| route_runtime(&config, metrics, route, previous, persisted_rollouts))
             .collect();
         let default_name = config
             .upstream(config.default_upstream)
@@ -181,6 +189,7 @@ impl Snapshot {
             name_str: DEFAULT_ROUTE.to_string(),
             slots: vec![slot_runtime(metrics, DEFAULT_ROUTE, &default_name, None)],
             own: BackendMetrics::new(metrics, DEFAULT_ROUTE, OWN_BACKEND),
+            rollout: None,
         };
         Ok(Snapshot {
             config,
@@ -257,11 +266,36 @@ fn breaker_for(
     }
 }
 
+/// The route's rollout: the previous snapshot's when its block is unchanged; else resumed
+/// from the previous state (an edit) or from what `state_dir` kept.
+fn rollout_for(
+    previous: Option<&Snapshot>,
+    route: &Route,
+    persisted: &HashMap<String, RolloutState>,
+) -> Option<Arc<RolloutRuntime>> {
+    let config = route.rollout.as_ref()?;
+    let old = previous
+        .and_then(|p| p.routes.iter().find(|r| r.name_str == route.name))
+        .and_then(|r| r.rollout.clone());
+    let canary = route.split.first().map(|e| e.backend);
+    if let Some(old) = &old {
+        if old.same_block(config) && Some(old.canary_slot) == canary {
+            return Some(Arc::clone(old));
+        }
+    }
+    let resumed = match &old {
+        Some(old) => old.snapshot().map(|(state, _)| state),
+        None => persisted.get(&route.name).cloned(),
+    };
+    RolloutRuntime::new(route, config, SystemTime::now(), resumed).map(Arc::new)
+}
+
 fn route_runtime(
     config: &Config,
     metrics: &Metrics,
     route: &Route,
     previous: Option<&Snapshot>,
+    persisted: &HashMap<String, RolloutState>,
 ) -> RouteRuntime {
     let name = route.name.as_str();
     let slots = route
@@ -285,5 +319,6 @@ fn route_runtime(
         name_str: name.to_string(),
         slots,
         own: BackendMetrics::new(metrics, name, OWN_BACKEND),
+        rollout: rollout_for(previous, route, persisted),
     }
 }

@@ -52,6 +52,7 @@ pub struct UpstreamRuntime {
     inflight: AtomicU32,
     inflight_gauge: IntGauge,
     healthy: AtomicBool,
+    checker: AtomicBool,
 }
 
 impl UpstreamRuntime {
@@ -106,6 +107,7 @@ impl UpstreamRuntime {
             inflight: AtomicU32::new(0),
             inflight_gauge,
             healthy: AtomicBool::new(true),
+            checker: AtomicBool::new(false),
         })
     }
 
@@ -133,6 +135,11 @@ impl UpstreamRuntime {
     /// Whether the upstream passes its health checks (true without a health check).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Claims the right to run this upstream's health checker (true exactly once).
+    pub fn claim_checker(&self) -> bool {
+        !self.checker.swap(true, Ordering::AcqRel)
     }
 
     /// Records the health checker's verdict.
