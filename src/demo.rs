@@ -170,8 +170,8 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     println!("stable within a second, probe after open_for, and close once the canary is healthy.");
     println!();
     println!(
-        "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}  {:<10}  {}",
-        "t(s)", "req/s", "to stable v1", "to canary v2", "5xx", "breaker", "canary"
+        "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}  {:<10}  canary",
+        "t(s)", "req/s", "to stable v1", "to canary v2", "5xx", "breaker"
     );
 
     let tally = Arc::new(Tally::default());
