@@ -90,9 +90,6 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
             }
         }
     };
-    for warning in loaded.config.warnings(SystemTime::now()) {
-        tracing::warn!(warning = %warning, "config warning");
-    }
     let threads = worker_threads(loaded.config.threads);
     let tokio = match tokio_runtime(threads) {
         Ok(rt) => rt,

@@ -310,22 +310,36 @@ impl Runtime {
         if previous.is_some() {
             metrics.route_expired.reset();
         }
-        let expired: Vec<&str> = config
+        self.refresh_expiry(now);
+        self.publish_kills();
+        self.state.publish_all_splits();
+    }
+
+    /// Sets `rampart_route_expired` for every route at `now`; run at each apply and by the
+    /// periodic check, so a flag expires at 00:00 UTC of its day without a reload; each
+    /// time a route turns expired (at start, at a reload, at midnight) it is logged.
+    pub fn refresh_expiry(&self, now: SystemTime) {
+        let metrics = &self.state.metrics;
+        let snapshot = self.state.snapshot.load();
+        let expired: Vec<&str> = snapshot
+            .config
             .expired_routes(now)
             .iter()
             .map(|r| r.name.as_str())
             .collect();
-        for warning in config.warnings(now) {
-            tracing::warn!(warning = %warning, "expired route");
+        for route in &snapshot.config.routes {
+            let gauge = metrics.route_expired.with_label_values(&[&route.name]);
+            let now_expired = expired.contains(&route.name.as_str());
+            if now_expired && gauge.get() == 0 {
+                tracing::warn!(
+                    route = %route.name,
+                    owner = route.owner.as_deref().unwrap_or("none"),
+                    expires = route.expires_text.as_deref().unwrap_or(""),
+                    "expired route: remove the flag or move its date"
+                );
+            }
+            gauge.set(i64::from(now_expired));
         }
-        for route in &config.routes {
-            metrics
-                .route_expired
-                .with_label_values(&[&route.name])
-                .set(i64::from(expired.contains(&route.name.as_str())));
-        }
-        self.publish_kills();
-        self.state.publish_all_splits();
     }
 
     /// Sets `rampart_kill_active{route,source}` for every route.
@@ -511,6 +525,7 @@ pub async fn serve(
             if let Some(path) = &config_path {
                 runtime.reload(path);
             }
+            runtime.refresh_expiry(std::time::SystemTime::now());
             if let Some(cert) = &bound.cert {
                 reload_cert(cert);
             }

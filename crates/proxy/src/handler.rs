@@ -88,6 +88,9 @@ enum AttemptFailure {
     ConnectRefused,
     /// The connection attempt timed out: nothing reached the upstream.
     ConnectTimeout,
+    /// The HTTP/2 upstream refused the stream (REFUSED_STREAM, or above a GOAWAY's last
+    /// stream id): it processed nothing.
+    StreamRefused,
     /// No response headers within `request_timeout`.
     Timeout,
     /// Reset, closed or invalid response.
@@ -97,7 +100,9 @@ enum AttemptFailure {
 impl AttemptFailure {
     fn status(self) -> StatusCode {
         match self {
-            AttemptFailure::ConnectRefused | AttemptFailure::Protocol => StatusCode::BAD_GATEWAY,
+            AttemptFailure::ConnectRefused
+            | AttemptFailure::StreamRefused
+            | AttemptFailure::Protocol => StatusCode::BAD_GATEWAY,
             AttemptFailure::ConnectTimeout | AttemptFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -106,14 +111,16 @@ impl AttemptFailure {
         match self {
             AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout => "connect_failure",
             AttemptFailure::Timeout => "timeout",
-            AttemptFailure::Protocol => "protocol",
+            AttemptFailure::StreamRefused | AttemptFailure::Protocol => "protocol",
         }
     }
 
     /// Index into [`crate::snapshot::FALLBACK_REASONS`].
     fn fallback_reason(self) -> usize {
         match self {
-            AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout => 0,
+            AttemptFailure::ConnectRefused
+            | AttemptFailure::ConnectTimeout
+            | AttemptFailure::StreamRefused => 0,
             AttemptFailure::Protocol => 2,
             AttemptFailure::Timeout => 3,
         }
@@ -122,7 +129,9 @@ impl AttemptFailure {
     fn nothing_sent(self) -> bool {
         matches!(
             self,
-            AttemptFailure::ConnectRefused | AttemptFailure::ConnectTimeout
+            AttemptFailure::ConnectRefused
+                | AttemptFailure::ConnectTimeout
+                | AttemptFailure::StreamRefused
         )
     }
 }
@@ -191,6 +200,21 @@ pub fn own_response(status: StatusCode, error: &'static str, grpc: bool) -> Resp
 
 fn classify(error: &hyper_util::client::legacy::Error) -> AttemptFailure {
     if !error.is_connect() {
+        let mut source: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(error);
+        while let Some(e) = source {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                // REFUSED_STREAM, or a graceful GOAWAY whose last stream id is below ours:
+                // either way the upstream processed nothing.
+                let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+                let above_goaway =
+                    h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+                if refused || above_goaway {
+                    return AttemptFailure::StreamRefused;
+                }
+            }
+            source = e.source();
+        }
         return AttemptFailure::Protocol;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
