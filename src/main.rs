@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod demo;
 mod demo_upstream;
+mod fleet;
 mod logging;
 mod rollout_store;
 mod runtime;

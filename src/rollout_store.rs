@@ -51,6 +51,7 @@ pub fn state_json(state: &RolloutState) -> Value {
         "next_decision_ms": millis(state.next_decision),
         "operator_paused": state.operator_paused,
         "block": state.block,
+        "schedule_start_ms": millis(state.schedule_start),
         "baseline": state.baseline.as_ref().map(side_json),
         "last_analysis": state.last_analysis.as_ref().map(|a| json!({
             "at_ms": millis(a.at),
@@ -74,6 +75,7 @@ fn state_from(v: &Value) -> Option<RolloutState> {
         last_analysis: None,
         baseline: v.get("baseline").and_then(side_from),
         percent: Percent::from_buckets(u16::try_from(v.get("percent_buckets")?.as_u64()?).ok()?),
+        schedule_start: time(v.get("schedule_start_ms")?)?,
     })
 }
 

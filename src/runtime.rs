@@ -510,6 +510,7 @@ pub async fn serve(
         crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
     });
     rampart_proxy::health::start_checkers(&runtime.state);
+    let fleet = tokio::spawn(crate::fleet::run(Arc::clone(&runtime)));
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,
@@ -583,6 +584,7 @@ pub async fn serve(
             _ = &mut skip => tracing::warn!("second signal: skipping the rest of the drain"),
         }
     }
+    fleet.abort();
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     tracing::info!("rampart stopped");

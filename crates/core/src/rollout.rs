@@ -156,6 +156,9 @@ pub struct RolloutState {
     pub baseline: Option<SideFigures>,
     /// The first split entry's percent in this state (what an edited block resumes from).
     pub percent: Percent,
+    /// Where the schedule's boundaries start: `started_at`, or when this replica first
+    /// applied the block. Boundary k is `schedule_start + k * step_interval`.
+    pub schedule_start: SystemTime,
 }
 
 /// Something that happened to a rollout, for logs, metrics and the audit log.
@@ -276,9 +279,20 @@ impl Rollout {
     /// exceed the persisted percent (an aborted rollout starts again at the first step).
     pub fn new(config: RolloutConfig, now: SystemTime, persisted: Option<RolloutState>) -> Rollout {
         let block = fingerprint(&config);
-        let start = config.started_at.unwrap_or(now);
+        let schedule_start = config.started_at.unwrap_or(now);
+        let fleet = config.prometheus.is_some();
         let fresh = |step: usize, operator_paused: bool| {
-            let step_started = if step == 0 { start.min(now) } else { now };
+            // Fleet mode replays every boundary from the shared start; a lone replica's
+            // first verdict is one full interval after it starts looking.
+            let next_decision = if fleet && step == 0 {
+                schedule_start + config.step_interval
+            } else {
+                boundary_at_or_after(
+                    schedule_start,
+                    config.step_interval,
+                    now + config.step_interval,
+                )
+            };
             RolloutState {
                 step,
                 status: if operator_paused {
@@ -286,13 +300,14 @@ impl Rollout {
                 } else {
                     RolloutStatus::Progressing
                 },
-                step_started,
-                next_decision: step_started + config.step_interval,
+                step_started: if step == 0 { schedule_start } else { now },
+                next_decision,
                 operator_paused,
                 block: block.clone(),
                 last_analysis: None,
                 baseline: None,
                 percent: config.steps.get(step).copied().unwrap_or(Percent::ZERO),
+                schedule_start,
             }
         };
         let state = match persisted {
@@ -331,21 +346,47 @@ impl Rollout {
         (self.state.status == RolloutStatus::Progressing).then_some(self.state.next_decision)
     }
 
-    /// Whether a verdict is due at `now`.
+    /// Whether a verdict is due at `now`: at the pending boundary, or (fleet mode) at the
+    /// boundary plus `prometheus.delay`, when every replica's samples have been scraped.
     pub fn due(&self, now: SystemTime) -> bool {
-        self.state.status == RolloutStatus::Progressing && now >= self.state.next_decision
+        let delay = self
+            .config
+            .prometheus
+            .as_ref()
+            .map(|p| p.delay)
+            .unwrap_or_default();
+        self.state.status == RolloutStatus::Progressing && now >= self.state.next_decision + delay
+    }
+
+    /// The boundary the next verdict judges (fleet mode queries Prometheus at this time).
+    pub fn pending_boundary(&self) -> SystemTime {
+        self.state.next_decision
+    }
+
+    /// The first split entry's percent at `now`: 0 before a shared `started_at`.
+    pub fn percent_at(&self, now: SystemTime) -> Percent {
+        if now < self.state.schedule_start {
+            Percent::ZERO
+        } else {
+            self.percent()
+        }
     }
 
     /// Judges `figures` (the current step so far) if a verdict is due at `now`, or at
     /// once if the canary's breaker opened: such a step cannot pass, and waiting for its
     /// boundary would keep the canary at the step's percent.
     pub fn tick(&mut self, now: SystemTime, figures: StepFigures) -> Option<RolloutEvent> {
-        let failing_now = figures.breaker_opened && self.state.status == RolloutStatus::Progressing;
+        // In fleet mode the verdict must be the same on every replica, so a local breaker
+        // waits for the boundary (its opening reaches Prometheus through the metrics).
+        let failing_now = figures.breaker_opened
+            && self.config.prometheus.is_none()
+            && self.state.status == RolloutStatus::Progressing;
         if !self.due(now) && !failing_now {
             return None;
         }
         let (verdict, used) = self.judge(figures);
         let before = (self.state.step, self.state.status);
+        let boundary = self.state.next_decision;
         let analysis = Analysis {
             at: now,
             step: self.state.step,
@@ -353,17 +394,28 @@ impl Rollout {
             figures: used,
         };
         self.state.last_analysis = Some(analysis);
+        // The next boundary on the grid; a lone replica that was down skips the boundaries
+        // it missed (it has no figures for them), a fleet replica replays them one by one.
+        let interval = self.config.step_interval;
+        let mut next = boundary + interval;
+        if self.config.prometheus.is_none() {
+            next = next.max(boundary_at_or_after(
+                self.state.schedule_start,
+                interval,
+                now + interval / 2,
+            ));
+        }
         match verdict {
             Verdict::Inconclusive => {
-                self.state.next_decision = now + self.config.step_interval;
+                self.state.next_decision = next;
             }
             Verdict::Pass => {
                 if self.state.step + 1 >= self.config.steps.len() {
                     self.state.status = RolloutStatus::Promoted;
                 } else {
                     self.state.step += 1;
-                    self.state.step_started = now;
-                    self.state.next_decision = now + self.config.step_interval;
+                    self.state.step_started = boundary.min(now);
+                    self.state.next_decision = next;
                 }
             }
             _ => {
@@ -426,10 +478,23 @@ impl Rollout {
         ) {
             self.state.status = RolloutStatus::Progressing;
             self.state.step_started = now;
-            self.state.next_decision = now + self.config.step_interval;
+            self.state.next_decision = boundary_at_or_after(
+                self.state.schedule_start,
+                self.config.step_interval,
+                now + self.config.step_interval,
+            );
         }
         self.state.percent = self.percent();
     }
+}
+
+/// The first schedule boundary (`start + k * interval`, k >= 1) at or after `t`.
+pub fn boundary_at_or_after(start: SystemTime, interval: Duration, t: SystemTime) -> SystemTime {
+    let interval_ns = interval.as_nanos().max(1);
+    let elapsed = t.duration_since(start).map(|d| d.as_nanos()).unwrap_or(0);
+    let k = elapsed.div_ceil(interval_ns).max(1);
+    let offset = k.saturating_mul(interval_ns);
+    start + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
 }
 
 fn percent_of(state: &RolloutState, steps: &[Percent]) -> Percent {
@@ -622,6 +687,51 @@ mod tests {
         c.reset();
         assert_eq!(c.figures().requests, 0);
         assert_eq!(c.figures().p99, None);
+    }
+
+    #[test]
+    fn a_fleet_replica_starting_late_replays_past_boundaries_in_order() {
+        let mut cfg = config(OnFailure::Rollback);
+        cfg.started_at = Some(T0);
+        cfg.prometheus = Some(crate::config::PrometheusSource {
+            url: "http://prometheus:9090".into(),
+            selector: "{}".into(),
+            delay: Duration::from_secs(10),
+        });
+        let now = T0 + MIN * 2 + MIN / 2;
+        let mut r = Rollout::new(cfg, now, None);
+        assert_eq!(
+            r.pending_boundary(),
+            T0 + MIN,
+            "the first boundary, though past"
+        );
+        assert!(r.due(now));
+        r.tick(now, healthy()).unwrap();
+        assert_eq!(
+            r.pending_boundary(),
+            T0 + MIN * 2,
+            "replayed one boundary at a time"
+        );
+        r.tick(now, healthy()).unwrap();
+        assert_eq!(r.state().step, 2, "lands on the step the fleet is at");
+        assert!(!r.due(now), "t3 + delay has not come yet");
+    }
+
+    #[test]
+    fn a_shared_start_in_the_future_sends_nobody_before_it() {
+        let mut cfg = config(OnFailure::Rollback);
+        cfg.started_at = Some(T0 + MIN);
+        let r = Rollout::new(cfg, T0, None);
+        assert_eq!(r.percent_at(T0), Percent::ZERO);
+        assert_eq!(r.percent_at(T0 + MIN).to_string(), "1");
+    }
+
+    #[test]
+    fn boundaries_sit_on_the_schedule_grid() {
+        let b = boundary_at_or_after(T0, MIN, T0 + MIN * 2 + Duration::from_secs(1));
+        assert_eq!(b, T0 + MIN * 3);
+        assert_eq!(boundary_at_or_after(T0, MIN, T0 + MIN * 2), T0 + MIN * 2);
+        assert_eq!(boundary_at_or_after(T0, MIN, T0), T0 + MIN, "k starts at 1");
     }
 
     #[test]

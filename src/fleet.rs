@@ -1,0 +1,275 @@
+//! Fleet-wide rollout analysis (SPEC section 9): with `rollout.prometheus`, the verdict at
+//! boundary t_k comes from instant queries pinned to `time = t_k` over the step, summed over
+//! `selector` across the whole fleet, evaluated at t_k + delay. The same query at the same
+//! time gives every replica the same numbers, hence the same verdict; a replica that starts
+//! late replays the past boundaries one by one and lands on the same step.
+//!
+//! NaN or empty answers are data (too little traffic: inconclusive, the next boundary
+//! judges again). An unreachable Prometheus is not: the same boundary is queried again a
+//! few seconds later, so no replica moves past a boundary the others judged differently.
+
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use rampart_core::rollout::{SideFigures, StepFigures};
+use rampart_proxy::rollout::FleetQuery;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often due boundaries are looked for (and an unreachable Prometheus retried).
+const POLL: Duration = Duration::from_secs(2);
+/// Longest one Prometheus query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a fleet query gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The request failed or timed out.
+    #[error("prometheus unreachable: {0}")]
+    Unreachable(String),
+    /// Prometheus answered with an error or something that is not a vector.
+    #[error("prometheus answered {0}")]
+    Bad(String),
+}
+
+type PromClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn client() -> Option<PromClient> {
+    let tls = rampart_proxy::tls::client_config(None).ok()?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Some(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block.
+pub fn matchers(selector: &str, extra: &[(&str, &str)]) -> String {
+    let inner = selector
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim();
+    let mut parts: Vec<String> = Vec::new();
+    if !inner.is_empty() {
+        parts.push(inner.to_string());
+    }
+    for (k, v) in extra {
+        parts.push(format!(
+            "{k}=\"{}\"",
+            v.replace('\\', "\\\\").replace('"', "\\\"")
+        ));
+    }
+    format!("{{{}}}", parts.join(","))
+}
+
+/// One instant query at `at`: the single sample's value, `None` for an empty vector.
+async fn instant(
+    client: &PromClient,
+    base: &str,
+    query: &str,
+    at: SystemTime,
+) -> Result<Option<f64>, FleetError> {
+    let time = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let url = format!(
+        "{base}/api/v1/query?query={}&time={time:.3}",
+        utf8_percent_encode(query, NON_ALPHANUMERIC)
+    );
+    let request = http::Request::get(&url)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| FleetError::Bad(e.to_string()))?;
+    let response = tokio::time::timeout(QUERY_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| FleetError::Unreachable("timed out".into()))?
+        .map_err(|e| FleetError::Unreachable(e.to_string()))?;
+    let status = response.status();
+    let body = tokio::time::timeout(QUERY_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| FleetError::Unreachable("timed out reading".into()))?
+        .map_err(|e| FleetError::Unreachable(e.to_string()))?
+        .to_bytes();
+    if status.is_server_error() {
+        return Err(FleetError::Unreachable(format!("HTTP {status}")));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| FleetError::Bad(e.to_string()))?;
+    if json["status"] != "success" {
+        return Err(FleetError::Bad(format!("HTTP {status}: {}", json["error"])));
+    }
+    let Some(result) = json["data"]["result"].as_array() else {
+        return Err(FleetError::Bad("no result vector".into()));
+    };
+    let Some(sample) = result.first() else {
+        return Ok(None);
+    };
+    let value = sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| FleetError::Bad("sample without a value".into()))?;
+    Ok(Some(value))
+}
+
+fn count(v: Option<f64>) -> u64 {
+    match v {
+        Some(x) if x.is_finite() && x > 0.0 => x.round() as u64,
+        _ => 0,
+    }
+}
+
+async fn side(
+    client: &PromClient,
+    q: &FleetQuery,
+    selector: &[(&str, &str)],
+) -> Result<SideFigures, FleetError> {
+    let base = q.source.url.as_str();
+    let window = format!("{}s", q.window.as_secs().max(1));
+    let sel = matchers(&q.source.selector, selector);
+    let mut with_error = selector.to_vec();
+    with_error.push(("outcome", "error"));
+    let sel_err = matchers(&q.source.selector, &with_error);
+    let requests = instant(
+        client,
+        base,
+        &format!("sum(increase(rampart_upstream_attempts_total{sel}[{window}]))"),
+        q.boundary,
+    )
+    .await?;
+    let errors = instant(
+        client,
+        base,
+        &format!("sum(increase(rampart_upstream_attempts_total{sel_err}[{window}]))"),
+        q.boundary,
+    )
+    .await?;
+    let p99 = instant(
+        client,
+        base,
+        &format!("histogram_quantile(0.99, sum by (le) (increase(rampart_request_duration_seconds_bucket{sel}[{window}])))"),
+        q.boundary,
+    )
+    .await?;
+    Ok(SideFigures {
+        requests: count(requests),
+        errors: count(errors),
+        p99: p99
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(Duration::from_secs_f64),
+    })
+}
+
+/// The fleet's figures for one route's step ending at `q.boundary`.
+pub async fn step_figures(
+    client_: &PromClient,
+    q: &FleetQuery,
+    route: &str,
+    canary: &str,
+    stable: &str,
+) -> Result<StepFigures, FleetError> {
+    let canary_side = side(client_, q, &[("route", route), ("backend", canary)]).await?;
+    let stable_side = side(client_, q, &[("route", route), ("backend", stable)]).await?;
+    let window = format!("{}s", q.window.as_secs().max(1));
+    let opened = instant(
+        client_,
+        &q.source.url,
+        &format!(
+            "sum(increase(rampart_breaker_transitions_total{}[{window}]))",
+            matchers(
+                &q.source.selector,
+                &[("route", route), ("backend", canary), ("to", "open")]
+            )
+        ),
+        q.boundary,
+    )
+    .await?;
+    Ok(StepFigures {
+        canary: canary_side,
+        stable: stable_side,
+        breaker_opened: count(opened) > 0,
+    })
+}
+
+/// Looks for due fleet verdicts every [`POLL`] and applies them; runs until the process
+/// ends. Cheap when no route has `rollout.prometheus`.
+pub async fn run(runtime: Arc<Runtime>) {
+    let Some(client) = client() else {
+        tracing::error!("cannot build the Prometheus client; fleet rollouts will not advance");
+        return;
+    };
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tick.tick().await;
+        let snapshot = runtime.state.snapshot.load_full();
+        for (index, rt) in snapshot.routes.iter().enumerate() {
+            let Some(rollout) = rt.rollout.clone() else {
+                continue;
+            };
+            let Some(query) = rollout.fleet_due(SystemTime::now()) else {
+                continue;
+            };
+            let Some(route) = snapshot.config.routes.get(index) else {
+                continue;
+            };
+            let canary = rt
+                .slot(rollout.canary_slot)
+                .map(|s| s.name_str.clone())
+                .unwrap_or_default();
+            let stable = rt
+                .slot(rampart_core::config::BackendSlot::STABLE)
+                .map(|s| s.name_str.clone())
+                .unwrap_or_default();
+            let name = route.name.clone();
+            if let Ok(mut set) = in_flight.lock() {
+                if !set.insert(name.clone()) {
+                    continue;
+                }
+            }
+            let (client, runtime, in_flight) =
+                (client.clone(), Arc::clone(&runtime), Arc::clone(&in_flight));
+            tokio::spawn(async move {
+                match step_figures(&client, &query, &name, &canary, &stable).await {
+                    Ok(figures) => {
+                        if let Some(event) = rollout.tick_with(SystemTime::now(), &query, figures) {
+                            let snapshot = runtime.state.snapshot.load_full();
+                            if let Some(i) =
+                                snapshot.config.routes.iter().position(|r| r.name == name)
+                            {
+                                runtime.state.report_rollout(&snapshot, i, event);
+                            }
+                            runtime.persist_rollouts();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(route = %name, error = %e, "fleet rollout analysis: query failed; the step holds and the same boundary is queried again")
+                    }
+                }
+                if let Ok(mut set) = in_flight.lock() {
+                    set.remove(&name);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_and_own_matchers_form_one_block() {
+        assert_eq!(
+            matchers(r#"{namespace="shop", app="checkout"}"#, &[("route", "r")]),
+            r#"{namespace="shop", app="checkout",route="r"}"#
+        );
+        assert_eq!(matchers("", &[("a", "x\"y")]), r#"{a="x\"y"}"#);
+    }
+}
