@@ -1124,3 +1124,143 @@ pub async fn send(
         .unwrap_or_else(|_| panic!("{method} {url}: timed out"))
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reload and drain (tests/reload.rs, tests/drain.rs): config files laid out by the test
+// (ConfigMap symlinks), the process's exit code
+// ---------------------------------------------------------------------------------------------
+
+impl Rampart {
+    /// Like [`Rampart::start`], but the test lays the config out itself:
+    /// `lay_out(dir, contents)` writes `contents` (the listeners and `state_dir` of
+    /// [`Rampart::config_head`], then `body`) however it likes under `dir` (a ConfigMap's
+    /// `..data` symlinks, a symlink to another directory, ...) and returns the path given to
+    /// `rampart run -c`. Called again, with new ports, if a port was taken (exit 3).
+    pub async fn start_at(body: &str, lay_out: impl Fn(&Path, &str) -> PathBuf) -> Rampart {
+        let dir = TempDir::new("at");
+        let client = client();
+        let stderr_path = dir.path().join("stderr.log");
+        let stdout_path = dir.path().join("stdout.log");
+        let mut last_failure = String::new();
+        for _attempt in 0..3 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let head = config_head(addr, metrics_addr, &dir.path().join("state"));
+            let contents = format!("{head}{body}");
+            let config_path = lay_out(dir.path(), &contents);
+            let _ = std::fs::remove_file(&stderr_path);
+            let mut child = spawn_run(&config_path, &stdout_path, &stderr_path);
+            match wait_ready(&mut child, &client, metrics_addr).await {
+                Ok(()) => {
+                    return Rampart {
+                        addr,
+                        metrics_addr,
+                        config_path,
+                        stderr_path,
+                        child,
+                        client,
+                        dir,
+                    }
+                }
+                Err(Some(3)) => {
+                    last_failure = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                }
+                Err(code) => {
+                    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("rampart did not become ready (exit code {code:?})\nconfig:\n{contents}\nstderr:\n{stderr}");
+                }
+            }
+        }
+        panic!("rampart exited 3 (cannot bind) on 3 attempts; last stderr:\n{last_failure}");
+    }
+
+    /// The first lines of this instance's config file: `version`, `listen`,
+    /// `metrics_listen` and `state_dir`, as [`Rampart::start`] and [`Rampart::start_at`]
+    /// wrote them; a rewrite that keeps them keeps the listeners.
+    pub fn config_head(&self) -> String {
+        config_head(self.addr, self.metrics_addr, &self.state_dir())
+    }
+
+    /// The temp dir holding the config, the logs and `state/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The exit code if the process has ended (-1 for a signal), else `None`. Does not wait.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .unwrap()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Waits (bounded poll, every 20 ms) up to `within` for the process to exit; its exit
+    /// code (-1 for a signal), or `None` if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(code) = self.exit_code() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/readyz`'s status code, or `None` if the metrics listener did not answer in 1 s.
+    pub async fn readyz(&self) -> Option<u16> {
+        let url = self.metrics_url("/readyz");
+        let probe = tokio::time::timeout(Duration::from_secs(1), try_get(&self.client, &url, &[]));
+        match probe.await {
+            Ok(Ok(resp)) => Some(resp.status),
+            _ => None,
+        }
+    }
+}
+
+/// `version: 1` and the listener and `state_dir` lines [`Rampart::start`] puts first.
+pub fn config_head(addr: SocketAddr, metrics_addr: SocketAddr, state_dir: &Path) -> String {
+    format!(
+        "version: 1\nlisten: {addr}\nmetrics_listen: {metrics_addr}\nstate_dir: {}\n",
+        state_dir.display()
+    )
+}
+
+/// Lays `contents` out as kubelet mounts a ConfigMap key `file` in `dir`:
+/// `dir/GENERATION/FILE`, `dir/..data -> GENERATION`, `dir/FILE -> ..data/FILE` (relative
+/// symlinks). Returns `dir/FILE`. Re-runnable: an earlier layout is replaced.
+pub fn configmap_create(dir: &Path, generation: &str, file: &str, contents: &str) -> PathBuf {
+    use std::os::unix::fs::symlink;
+    let generation_dir = dir.join(generation);
+    let _ = std::fs::remove_dir_all(&generation_dir);
+    std::fs::create_dir_all(&generation_dir).unwrap();
+    std::fs::write(generation_dir.join(file), contents).unwrap();
+    let _ = std::fs::remove_file(dir.join("..data"));
+    symlink(generation, dir.join("..data")).unwrap();
+    let _ = std::fs::remove_file(dir.join(file));
+    symlink(format!("..data/{file}"), dir.join(file)).unwrap();
+    dir.join(file)
+}
+
+/// kubelet's ConfigMap update, step by step: write `dir/NEW/FILE`, symlink
+/// `..data_tmp -> NEW`, rename `..data_tmp` over `..data`, remove `dir/OLD`. No event in
+/// `dir` names `FILE`.
+pub fn configmap_swap(dir: &Path, old: &str, new: &str, file: &str, contents: &str) {
+    use std::os::unix::fs::symlink;
+    let new_dir = dir.join(new);
+    std::fs::create_dir_all(&new_dir).unwrap();
+    std::fs::write(new_dir.join(file), contents).unwrap();
+    symlink(new, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join(old)).unwrap();
+}
+
+/// Replaces `path` the way editors and config tools do: write a temp file beside it, then
+/// rename it over the file.
+pub fn rename_over(path: &Path, contents: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

@@ -48,7 +48,7 @@ pub const REFUSALS_PER_SECOND: u32 = 10;
 pub const AUDIT_LIMIT_DEFAULT: usize = 100;
 /// Largest `limit` of `GET /v1/audit`.
 pub const AUDIT_LIMIT_MAX: usize = 10_000;
-/// Connections served at once; more wait in the accept queue.
+/// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 64;
 /// Time allowed to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -686,23 +686,29 @@ pub async fn serve(listener: TcpListener, api: Arc<AdminApi>, stop: impl Future<
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let flusher = {
+        let api = Arc::clone(&api);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                api.flush_refusals(false).await;
+            }
+        })
+    };
     tokio::pin!(stop);
     loop {
-        let accepted = tokio::select! {
+        // At the limit, further connections wait in the kernel's accept queue until one
+        // ends (idle ones end within the header read timeout), rather than being dropped.
+        let next = async {
+            let permit = Arc::clone(&permits).acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        let (permit, accepted) = tokio::select! {
             _ = &mut stop => break,
-            _ = tick.tick() => {
-                api.flush_refusals(false).await;
-                continue;
-            }
-            accepted = listener.accept() => accepted,
+            next = next => next,
         };
-        let Ok((stream, _peer)) = accepted else {
-            continue;
-        };
-        // Over the limit a new connection is closed at once rather than queued in memory.
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            drop(stream);
+        let (Ok(permit), Ok((stream, _peer))) = (permit, accepted) else {
             continue;
         };
         let api = Arc::clone(&api);
@@ -718,6 +724,7 @@ pub async fn serve(listener: TcpListener, api: Arc<AdminApi>, stop: impl Future<
             drop(permit);
         });
     }
+    flusher.abort();
     api.flush_refusals(true).await;
 }
 

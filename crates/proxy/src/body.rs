@@ -1,8 +1,8 @@
 //! Body types between client and upstream, streaming both ways.
 //!
-//! [`ReqBody`] goes upstream: the client's body as it arrives, a body that can be taken
-//! back if the upstream never read it (so a refused canary connection can be retried on
-//! stable without buffering), or a buffered copy. [`RespBody`] goes to the client: the
+//! [`ReqBody`] goes upstream: the client's body as it arrives, a body that can be sent
+//! again after an attempt the upstream did not process (so a refused canary connection or
+//! HTTP/2 stream can be retried on stable), or a buffered copy. [`RespBody`] goes to the client: the
 //! upstream's body under an idle timeout, holding the upstream's in-flight slot until it
 //! ends, or a small body of Rampart's own.
 
@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,50 +29,99 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("no body data for {0:?} (idle_timeout)")]
 pub struct IdleTimeout(pub Duration);
 
-/// A client body that the upstream client may or may not start reading.
+/// A client body that can be sent again after an attempt that the upstream did not process.
 ///
-/// Until its first poll the body sits in a shared slot, so after a connection failure the
-/// handler can take it back ([`Reclaim::take`]) and send it elsewhere: nothing was read, so
-/// nothing was lost. Once polled, it is the upstream's for good.
+/// The client's unread body sits in a slot shared with the handler's [`Reclaim`]; the frames
+/// an attempt reads are kept (cheap `Bytes` clones, at most [`MAX_RETRY_BODY`] bytes) while
+/// the handler holds its `Reclaim`. So after a refused connection (nothing read) or a
+/// refused HTTP/2 stream (hyper may already have read and sent part of the body, e.g. a gRPC
+/// message, before the upstream's REFUSED_STREAM arrived), [`Reclaim::take`] gives a body
+/// that replays what was read and then continues with the unread rest.
+///
+/// [`MAX_RETRY_BODY`]: crate::handler::MAX_RETRY_BODY
 pub struct ReclaimableBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    body: Option<Incoming>,
+    shared: Arc<Mutex<Reclaimed>>,
+    /// Frames an earlier attempt read, sent first (the retry's body).
+    replay: VecDeque<Frame<Bytes>>,
+}
+
+/// What a [`ReclaimableBody`] and its [`Reclaim`] share.
+struct Reclaimed {
+    /// The client's body from where the attempts have read it so far.
+    rest: Option<Incoming>,
+    /// Copies of the frames read so far; `None` once more than `MAX_RETRY_BODY` bytes were
+    /// read or the handler dropped its [`Reclaim`] (nothing will be retried then).
+    read: Option<Vec<Frame<Bytes>>>,
+    read_bytes: u64,
+}
+
+impl Reclaimed {
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        let Some(read) = self.read.as_mut() else {
+            return;
+        };
+        let copy = if let Some(data) = frame.data_ref() {
+            self.read_bytes += data.len() as u64;
+            Frame::data(data.clone())
+        } else if let Some(trailers) = frame.trailers_ref() {
+            Frame::trailers(trailers.clone())
+        } else {
+            return;
+        };
+        if self.read_bytes > crate::handler::MAX_RETRY_BODY {
+            self.read = None;
+        } else {
+            read.push(copy);
+        }
+    }
 }
 
 /// The handler's side of a [`ReclaimableBody`].
 pub struct Reclaim {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    shared: Arc<Mutex<Reclaimed>>,
 }
 
 impl Reclaim {
-    /// The body, if the upstream never started reading it.
-    pub fn take(&self) -> Option<Incoming> {
-        self.slot.lock().ok().and_then(|mut s| s.take())
+    /// The body again, for one retry: what the failed attempt read, then the unread rest.
+    /// `None` if the attempt read more than can be replayed.
+    pub fn take(&self) -> Option<ReclaimableBody> {
+        let mut shared = self.shared.lock().ok()?;
+        let read = shared.read.take()?;
+        let rest = shared.rest.take();
+        Some(ReclaimableBody {
+            shared: Arc::new(Mutex::new(Reclaimed {
+                rest,
+                read: None,
+                read_bytes: 0,
+            })),
+            replay: read.into(),
+        })
     }
 }
 
-/// Wraps `body` so that it can be reclaimed while unread.
+impl Drop for Reclaim {
+    fn drop(&mut self) {
+        // No retry can come any more: stop keeping copies of the body.
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.read = None;
+        }
+    }
+}
+
+/// Wraps `body` so that it can be sent again ([`Reclaim::take`]).
 pub fn reclaimable(body: Incoming) -> (ReclaimableBody, Reclaim) {
-    let slot = Arc::new(Mutex::new(Some(body)));
+    let shared = Arc::new(Mutex::new(Reclaimed {
+        rest: Some(body),
+        read: Some(Vec::new()),
+        read_bytes: 0,
+    }));
     (
         ReclaimableBody {
-            slot: slot.clone(),
-            body: None,
+            shared: Arc::clone(&shared),
+            replay: VecDeque::new(),
         },
-        Reclaim { slot },
+        Reclaim { shared },
     )
-}
-
-impl ReclaimableBody {
-    fn with_slot<R>(&self, f: impl FnOnce(&Incoming) -> R, default: R) -> R {
-        if let Some(body) = &self.body {
-            return f(body);
-        }
-        match self.slot.lock() {
-            Ok(slot) => slot.as_ref().map(f).unwrap_or(default),
-            Err(_) => default,
-        }
-    }
 }
 
 impl Body for ReclaimableBody {
@@ -79,28 +129,54 @@ impl Body for ReclaimableBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.body.is_none() {
-            let taken = self.slot.lock().ok().and_then(|mut s| s.take());
-            match taken {
-                Some(body) => self.body = Some(body),
-                None => return Poll::Ready(None),
-            }
+        let this = self.get_mut();
+        if let Some(frame) = this.replay.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
         }
-        match self.body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        let Ok(mut shared) = this.shared.lock() else {
+            return Poll::Ready(Some(Err("request body state poisoned".into())));
+        };
+        let polled = match shared.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+            // Taken for a retry: this attempt is over.
             None => Poll::Ready(None),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            shared.keep(frame);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.with_slot(Body::is_end_stream, true)
+        self.replay.is_empty()
+            && self
+                .shared
+                .lock()
+                .map(|s| s.rest.as_ref().is_none_or(Body::is_end_stream))
+                .unwrap_or(true)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.with_slot(Body::size_hint, SizeHint::with_exact(0))
+        let replay: u64 = self
+            .replay
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self
+            .shared
+            .lock()
+            .ok()
+            .and_then(|s| s.rest.as_ref().map(Body::size_hint))
+            .unwrap_or_else(|| SizeHint::with_exact(0));
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(replay));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(replay));
+        }
+        hint
     }
 }
 
@@ -110,7 +186,7 @@ pin_project! {
     pub enum ReqBody {
         /// The client's body, streamed (frames at most `idle_timeout` apart).
         Streamed { #[pin] body: IdleBody<Incoming> },
-        /// The client's body, reclaimable until first read.
+        /// The client's body, replayable for one retry (see [`ReclaimableBody`]).
         Reclaimable { #[pin] body: IdleBody<ReclaimableBody> },
         /// A buffered body (retries of small idempotent requests).
         Buffered { #[pin] body: Full<Bytes> },

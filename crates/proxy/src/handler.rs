@@ -354,9 +354,9 @@ impl Completion {
         if !self.own {
             if let Some(s) = slot_rt {
                 if upstream_error {
-                    s.metrics.attempt_error.inc();
+                    s.attempt_error.inc();
                 } else {
-                    s.metrics.attempt_ok.inc();
+                    s.attempt_ok.inc();
                 }
                 if let Some(rollout) = &route_rt.rollout {
                     rollout.record(self.slot, upstream_error, self.latency);
@@ -892,7 +892,7 @@ impl ProxyState {
                     (Some(bytes), _) => Some(ReqBody::Buffered {
                         body: Full::new(bytes),
                     }),
-                    (None, Some(body)) => Some(ReqBody::Streamed {
+                    (None, Some(body)) => Some(ReqBody::Reclaimable {
                         body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
                     }),
                     (None, None) => None,
@@ -991,7 +991,7 @@ impl ProxyState {
         let Some(slot_rt) = route_rt.slot(slot) else {
             return;
         };
-        slot_rt.metrics.attempt_error.inc();
+        slot_rt.attempt_error.inc();
         if let Some(rollout) = &route_rt.rollout {
             rollout.record(slot, true, latency);
         }
@@ -1069,6 +1069,16 @@ fn own(
     completion.error = Some(error);
     completion.latency = started.elapsed();
     let grpc = completion.grpc;
+    if grpc && status.is_server_error() {
+        // The client gets HTTP 200 trailers-only with a failing grpc-status: a failed
+        // call, counted as code_class "error", never 2xx.
+        completion.status = 200;
+        completion.grpc_status = Some(if status == StatusCode::GATEWAY_TIMEOUT {
+            4
+        } else {
+            14
+        });
+    }
     completion.finish(End::Complete);
     own_response(status, error, grpc)
 }

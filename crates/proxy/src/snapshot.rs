@@ -51,10 +51,6 @@ pub struct BackendMetrics {
     pub requests: [IntCounter; 6],
     /// `rampart_request_duration_seconds`.
     pub duration: Histogram,
-    /// `rampart_upstream_attempts_total{outcome="ok"}`.
-    pub attempt_ok: IntCounter,
-    /// `rampart_upstream_attempts_total{outcome="error"}`.
-    pub attempt_error: IntCounter,
 }
 
 impl BackendMetrics {
@@ -63,10 +59,6 @@ impl BackendMetrics {
             requests: CODE_CLASSES
                 .map(|class| metrics.requests.with_label_values(&[route, backend, class])),
             duration: metrics.duration.with_label_values(&[route, backend]),
-            attempt_ok: metrics.attempts.with_label_values(&[route, backend, "ok"]),
-            attempt_error: metrics
-                .attempts
-                .with_label_values(&[route, backend, "error"]),
         }
     }
 }
@@ -80,8 +72,12 @@ pub struct SlotRuntime {
     pub name: HeaderValue,
     /// The backend's name.
     pub name_str: String,
-    /// Request and attempt metrics.
+    /// Request metrics.
     pub metrics: BackendMetrics,
+    /// `rampart_upstream_attempts_total{outcome="ok"}` (real backends only, never `_rampart`).
+    pub attempt_ok: IntCounter,
+    /// `rampart_upstream_attempts_total{outcome="error"}`.
+    pub attempt_error: IntCounter,
     /// `rampart_bulkhead_rejections_total{route,backend}`.
     pub bulkhead_rejections: IntCounter,
     /// The breaker of a non-stable backend on a route with `breaker:`.
@@ -231,6 +227,10 @@ fn slot_runtime(
         name: header_value(backend),
         name_str: backend.to_string(),
         metrics: BackendMetrics::new(metrics, route, backend),
+        attempt_ok: metrics.attempts.with_label_values(&[route, backend, "ok"]),
+        attempt_error: metrics
+            .attempts
+            .with_label_values(&[route, backend, "error"]),
         bulkhead_rejections: metrics
             .bulkhead_rejections
             .with_label_values(&[route, backend]),
