@@ -194,9 +194,10 @@ impl RuntimeAdmin {
         };
         let mut audit_log = None;
         match &state_dir {
-            None => tracing::warn!(
+            None if loaded.config.admin_listen.is_some() => tracing::warn!(
                 "no state_dir: admin kills, pauses and rollbacks last only until a restart, and there is no audit log"
             ),
+            None => {}
             Some(dir) => {
                 inner.kills = read_json(dir, KILLS_FILE).unwrap_or_default();
                 inner.paused = read_json(dir, PAUSED_FILE).unwrap_or_default();

@@ -233,8 +233,9 @@ impl Runtime {
             );
         }
         let snapshot = Arc::new(snapshot);
-        self.state.snapshot.store(Arc::clone(&snapshot));
+        // Audited before it serves: whatever status shows is already in the audit log.
         self.admin.applied(&previous, &snapshot, &bytes);
+        self.state.snapshot.store(Arc::clone(&snapshot));
         self.publish_config_metrics(Some(&previous.config));
         self.state
             .metrics
