@@ -463,6 +463,16 @@ fn breaker_entry(event: &ProxyEvent) -> NewEntry {
     }
 }
 
+/// One side's step figures for status.
+fn figures_json(side: &rampart_core::rollout::SideFigures) -> Value {
+    json!({
+        "requests": side.requests,
+        "errors": side.errors,
+        "error_rate": side.error_rate(),
+        "p99_ms": side.p99.map(|d| d.as_secs_f64() * 1000.0),
+    })
+}
+
 /// The gates as they stand, without side effects: a breaker is asked for its state, not for
 /// a probe slot, so explaining never takes one from real traffic.
 struct ReadOnlyGates<'a> {
@@ -569,6 +579,10 @@ impl Control {
                 rollout.resume(SystemTime::now());
             }
             self.runtime.persist_rollouts();
+            if let Some(index) = snapshot.config.routes.iter().position(|x| x.name == route) {
+                self.runtime.state.publish_rollout(&snapshot, index);
+                self.runtime.state.publish_split(&snapshot, index);
+            }
         }
         Ok(json!({"route": route, "paused": pause, "changed": changed, "persisted": persisted}))
     }
@@ -666,6 +680,34 @@ impl AdminControl for Control {
                     }));
                 }
                 let pause = inner.paused.get(&route.name);
+                let rollout = rt
+                    .and_then(|r| r.rollout.as_ref())
+                    .and_then(|r| r.snapshot().map(|(state, config)| (r, state, config)))
+                    .map(|(r, state, config)| {
+                        let mut value = crate::rollout_store::state_json(&state);
+                        let millis_to_rfc3339 = |ms: &Value| {
+                            ms.as_u64().map(|ms| {
+                                rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                            })
+                        };
+                        value["steps"] = json!(config.steps.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+                        value["step_interval_ms"] = json!(u64::try_from(config.step_interval.as_millis()).unwrap_or(u64::MAX));
+                        value["current_percent"] = json!(r.first_entry().to_string());
+                        value["fleet"] = json!(config.prometheus.is_some());
+                        value["next_decision_at"] = if state.status == rampart_core::rollout::RolloutStatus::Progressing {
+                            millis_to_rfc3339(&value["next_decision_ms"]).map(Value::String).unwrap_or(Value::Null)
+                        } else {
+                            Value::Null
+                        };
+                        value["step_started_at"] = millis_to_rfc3339(&value["step_started_ms"]).map(Value::String).unwrap_or(Value::Null);
+                        value["this_step"] = json!({
+                            "canary": figures_json(&r.figures().canary),
+                            "stable": figures_json(&r.figures().stable),
+                            "breaker_opened": r.figures().breaker_opened,
+                        });
+                        value
+                    })
+                    .unwrap_or(Value::Null);
                 json!({
                     "name": route.name,
                     "kind": route.kind.as_str(),
@@ -680,7 +722,7 @@ impl AdminControl for Control {
                     "kills": kills,
                     "paused": pause.is_some(),
                     "pause": pause,
-                    "rollout": Value::Null,
+                    "rollout": rollout,
                 })
             })
             .collect();

@@ -303,3 +303,97 @@ async fn a_canary_whose_health_endpoint_fails_gets_no_traffic() {
         "back to its share once it passes again"
     );
 }
+
+const ADMIN_TOKEN: &str = "rollout-admin-token-7c1d2e3f4a5b6c7d8e9f0a1b2c3d";
+
+async fn admin(
+    client: &HttpClient,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Resp {
+    send(
+        client,
+        method,
+        &format!("http://{addr}{path}"),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes().to_vec(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_and_resume_a_rollout_and_status_shows_its_step_and_next_decision() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let tokens = format!(
+        "- {{name: ops, role: admin, sha256: {}}}\n",
+        sha256_hex(ADMIN_TOKEN.as_bytes())
+    );
+    let (rampart, addr) = Rampart::start_admin(
+        &config(
+            "stable",
+            &[&stable, &canary],
+            &rollout_routes("[10, 50, 100]", "1h", false),
+        ),
+        &tokens,
+    )
+    .await;
+    let client = client();
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin(&client, addr, "GET", "/v1/status", "").await.body).unwrap();
+    let route = status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "checkout")
+        .unwrap()
+        .clone();
+    let rollout = &route["rollout"];
+    assert_eq!(rollout["step"], 0, "{route}");
+    assert_eq!(rollout["status"], "progressing");
+    assert_eq!(rollout["steps"], serde_json::json!(["10", "50", "100"]));
+    assert!(rollout["next_decision_at"].is_string(), "{rollout}");
+
+    let r = admin(
+        &client,
+        addr,
+        "POST",
+        "/v1/routes/checkout/pause",
+        r#"{"reason": "hold for the launch"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = rampart.metrics_text().await;
+    assert!(status_is(&text, "paused"), "{text}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin(&client, addr, "GET", "/v1/status", "").await.body).unwrap();
+    let route = status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "checkout")
+        .unwrap()
+        .clone();
+    assert_eq!(route["rollout"]["status"], "paused");
+    assert!(
+        route["rollout"]["next_decision_at"].is_null(),
+        "no decision while paused"
+    );
+
+    let r = admin(
+        &client,
+        addr,
+        "POST",
+        "/v1/routes/checkout/resume",
+        r#"{"reason": "launch done"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = rampart.metrics_text().await;
+    assert!(status_is(&text, "progressing"), "{text}");
+}
