@@ -56,19 +56,35 @@ pub struct Loaded {
 /// Name of the last good config inside `state_dir`.
 pub const LAST_GOOD_FILE: &str = "last-good.yaml";
 
-/// The `state_dir` an invalid config file names, if its YAML still says it; else
-/// `$RAMPART_STATE_DIR`. Used to find the last good config when the file is broken.
+/// The `state_dir` an invalid config file names, if its YAML still says it (or, when the
+/// YAML itself is broken, a top-level `state_dir:` line does); else `$RAMPART_STATE_DIR`.
+/// Used to find the last good config when the file is broken.
 pub fn state_dir_of_invalid(path: &Path) -> Option<PathBuf> {
     #[derive(serde::Deserialize)]
     struct OnlyStateDir {
         state_dir: Option<String>,
     }
-    let from_file = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_saphyr::from_str::<OnlyStateDir>(&text).ok())
-        .and_then(|c| c.state_dir)
-        .map(PathBuf::from);
-    from_file.or_else(|| std::env::var_os("RAMPART_STATE_DIR").map(PathBuf::from))
+    let text = std::fs::read_to_string(path).ok();
+    let from_file = text.as_deref().and_then(|text| {
+        match serde_saphyr::from_str::<OnlyStateDir>(text) {
+            Ok(c) => c.state_dir,
+            // A syntax error anywhere (the commonest broken file) fails the whole parse.
+            Err(_) => state_dir_line(text),
+        }
+    });
+    from_file
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("RAMPART_STATE_DIR").map(PathBuf::from))
+}
+
+/// The value of a top-level `state_dir: VALUE` line (comment and quotes stripped).
+fn state_dir_line(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix("state_dir:")?;
+        let value = value.split(" #").next().unwrap_or(value).trim();
+        let value = value.trim_matches(|c| c == '"' || c == '\'');
+        (!value.is_empty()).then(|| value.to_string())
+    })
 }
 
 /// The last good config kept in `state_dir`, if there is a valid one.
@@ -266,6 +282,13 @@ impl Runtime {
             *last = seen.clone();
         }
         if seen == self.state.snapshot.load().source.sha256 {
+            // The file is back to what is serving (a revert after a rejected edit, or the
+            // last good config restored after a start on it): nothing to apply, but the
+            // file and the running config agree again.
+            if self.state.metrics.config_last_reload_successful.get() != 1 {
+                self.state.metrics.config_last_reload_successful.set(1);
+                tracing::info!(sha256 = %seen, file = %path.display(), "the config file matches the serving config again");
+            }
             return;
         }
         let result = bytes
