@@ -81,6 +81,9 @@ pub struct ReloadingCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// The files' contents as last read (valid or not), so unchanged files are neither
+    /// parsed again nor, when bad, refused again at every check.
+    last_seen: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl ReloadingCert {
@@ -91,12 +94,23 @@ impl ReloadingCert {
             cert_file,
             key_file,
             current: ArcSwap::from_pointee(key),
+            last_seen: std::sync::Mutex::new(None),
         })
     }
 
     /// Re-reads the files; a bad pair is refused and the current one keeps serving.
     /// Returns whether a new certificate is now served.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let seen = (
+            std::fs::read(&self.cert_file).unwrap_or_default(),
+            std::fs::read(&self.key_file).unwrap_or_default(),
+        );
+        if let Ok(mut last) = self.last_seen.lock() {
+            if last.as_ref() == Some(&seen) {
+                return Ok(false);
+            }
+            *last = Some(seen);
+        }
         let key = load_certified_key(&self.cert_file, &self.key_file)?;
         let changed = key.cert != self.current.load().cert;
         if changed {
