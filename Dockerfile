@@ -15,11 +15,12 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 COPY . .
 # The caches keep the registry and the target dir between builds; the binary is copied out of
-# the cached target dir because cache mounts are not part of the image.
+# the cached target dir because cache mounts are not part of the image, and stripped on the
+# way (13 MB instead of 65 MB: the release profile keeps line tables for profiling).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin rampart \
- && install -D -m 0755 target/release/rampart /out/rampart \
+ && install -s -D -m 0755 target/release/rampart /out/rampart \
  && mkdir -p /out/state
 
 FROM gcr.io/distroless/cc-debian12:nonroot
