@@ -435,3 +435,51 @@ async fn a_websocket_upgrade_is_tunnelled_to_the_backend_the_decision_picked() {
         "the decision sent the upgrade to the canary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_records_completed_requests_with_their_bucket_and_never_the_identity() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let rampart = Rampart::start(&format!(
+        "access_log: {{sample: 1}}\n{}",
+        config(
+            "stable",
+            &[&stable, &canary],
+            "routes:
+               - name: checkout
+                 identity: [header:x-user-id]
+                 split: [{backend: canary, percent: 50}]
+            ",
+        )
+    ))
+    .await;
+    let identity = "secret-user-8d2f";
+    let r = rampart.get("/checkout", &[("x-user-id", identity)]).await;
+    assert_eq!(r.status, 200);
+    let expected_bucket = format!("\"bucket\":{}", bucket("checkout", identity));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut line = None;
+    for _ in 0..100 {
+        line = rampart
+            .stderr()
+            .lines()
+            .find(|l| l.contains("rampart::access") && l.contains(&expected_bucket))
+            .map(str::to_string);
+        if line.is_some() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no access log line with {expected_bucket}:\n{}",
+            rampart.stderr()
+        )
+    });
+    assert!(line.contains("\"end\":\"Complete\""), "{line}");
+    assert!(line.contains("\"route\":\"checkout\""), "{line}");
+    assert!(
+        !rampart.stderr().contains(identity),
+        "the identity was logged raw"
+    );
+}

@@ -331,17 +331,25 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             RespBodyProj::Upstream {
-                body,
+                mut body,
                 guard,
                 completion,
             } => {
-                let polled = body.poll_frame(cx);
+                let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(trailers), Some(c)) =
                             (frame.trailers_ref(), completion.as_mut())
                         {
                             c.trailers(trailers);
+                        }
+                        // hyper stops polling once the body says it has ended, so the
+                        // end is recorded here, not only at a final `None`.
+                        if body.is_end_stream() {
+                            guard.take();
+                            if let Some(mut c) = completion.take() {
+                                c.finish(End::Complete);
+                            }
                         }
                     }
                     Poll::Ready(None) => {

@@ -143,9 +143,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// `grpc-status`, looked up on every response: a name parsed once, not per lookup.
+static GRPC_STATUS: http::header::HeaderName = http::header::HeaderName::from_static("grpc-status");
+
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()
@@ -859,7 +862,21 @@ impl ProxyState {
             }
         };
 
-        let first = send(upstream, &head, route_rt.slot(decision.slot), first_body).await;
+        // Only a request that may be retried keeps its headers for a second attempt; the
+        // others hand theirs over instead of copying them.
+        let first_headers = if may_fall_back {
+            head.headers.clone()
+        } else {
+            std::mem::take(&mut head.headers)
+        };
+        let first = send(
+            upstream,
+            &head,
+            first_headers,
+            route_rt.slot(decision.slot),
+            first_body,
+        )
+        .await;
         let retry_reason = match &first {
             Err(f) if may_fall_back && (f.nothing_sent() || buffered.is_some()) => {
                 Some((f.fallback_reason(), "attempt failed"))
@@ -869,8 +886,23 @@ impl ProxyState {
             }
             _ => None,
         };
-        let (result, served_slot, served_guard) = match retry_reason {
-            Some((reason_index, _)) => {
+        // The body for a re-send: the buffered copy, or the reclaimed one. Without one
+        // (more than the retry limit was already read) there is no fallback: the canary's
+        // answer or failure stands.
+        let retry = retry_reason.and_then(|(reason_index, _)| {
+            let body = match (buffered, reclaim.and_then(|r| r.take())) {
+                (Some(bytes), _) => Some(ReqBody::Buffered {
+                    body: Full::new(bytes),
+                }),
+                (None, Some(body)) => Some(ReqBody::Reclaimable {
+                    body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
+                }),
+                (None, None) => None,
+            };
+            body.map(|b| (reason_index, b))
+        });
+        let (result, served_slot, served_guard) = match retry {
+            Some((reason_index, retry_body)) => {
                 // The failed attempt counts against the canary's breaker.
                 self.record_failed_attempt(
                     &completion,
@@ -888,39 +920,38 @@ impl ProxyState {
                 }
                 completion.fallback = crate::snapshot::FALLBACK_REASONS.get(reason_index).copied();
                 completion.admission = Admission::Admitted;
-                let retry_body = match (buffered, reclaim.and_then(|r| r.take())) {
-                    (Some(bytes), _) => Some(ReqBody::Buffered {
-                        body: Full::new(bytes),
-                    }),
-                    (None, Some(body)) => Some(ReqBody::Reclaimable {
-                        body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
-                    }),
-                    (None, None) => None,
+                let Some(stable) = upstream_of(BackendSlot::STABLE) else {
+                    return own(
+                        completion,
+                        decision,
+                        StatusCode::BAD_GATEWAY,
+                        "connect_failure",
+                        started,
+                    );
                 };
-                let stable = upstream_of(BackendSlot::STABLE);
-                match (stable, retry_body) {
-                    (Some(stable), Some(body)) => match stable.try_acquire() {
-                        Some(stable_guard) => {
-                            let second =
-                                send(stable, &head, route_rt.slot(BackendSlot::STABLE), body).await;
-                            (second, BackendSlot::STABLE, Some(stable_guard))
-                        }
-                        None => {
-                            completion.slot = BackendSlot::STABLE;
-                            return own(
-                                completion,
-                                decision,
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "bulkhead",
-                                started,
-                            );
-                        }
-                    },
-                    _ => (
-                        Err(AttemptFailure::ConnectRefused),
-                        BackendSlot::STABLE,
-                        None,
-                    ),
+                match stable.try_acquire() {
+                    Some(stable_guard) => {
+                        let retry_headers = std::mem::take(&mut head.headers);
+                        let second = send(
+                            stable,
+                            &head,
+                            retry_headers,
+                            route_rt.slot(BackendSlot::STABLE),
+                            retry_body,
+                        )
+                        .await;
+                        (second, BackendSlot::STABLE, Some(stable_guard))
+                    }
+                    None => {
+                        completion.slot = BackendSlot::STABLE;
+                        return own(
+                            completion,
+                            decision,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "bulkhead",
+                            started,
+                        );
+                    }
                 }
             }
             None => (first, decision.slot, Some(guard)),
@@ -951,10 +982,19 @@ impl ProxyState {
                 }
                 completion.status = response_head.status.as_u16();
                 completion.grpc_status = grpc_status(&response_head.headers);
+                let body = crate::body::IdleBody::new(body, upstream.config.idle_timeout);
+                // A body that is over before it starts (204, HEAD, 304, Content-Length: 0)
+                // is never polled: record the request now.
+                let completion = if http_body::Body::is_end_stream(&body) {
+                    completion.finish(End::Complete);
+                    None
+                } else {
+                    Some(completion)
+                };
                 let body = RespBody::Upstream {
-                    body: crate::body::IdleBody::new(body, upstream.config.idle_timeout),
+                    body,
                     guard: served_guard,
-                    completion: Some(completion),
+                    completion,
                 };
                 Response::from_parts(response_head, body)
             }
@@ -1083,10 +1123,11 @@ fn own(
     own_response(status, error, grpc)
 }
 
-/// Sends one attempt to `upstream`.
+/// Sends one attempt to `upstream` with `headers` (the head's, owned by this attempt).
 async fn send(
     upstream: &UpstreamRuntime,
     head: &UpstreamHead,
+    mut headers: HeaderMap,
     slot: Option<&SlotRuntime>,
     body: ReqBody,
 ) -> Result<Response<Incoming>, AttemptFailure> {
@@ -1104,7 +1145,6 @@ async fn send(
     } else {
         Version::HTTP_11
     };
-    let mut headers = head.headers.clone();
     if !h2 {
         headers.remove(http::header::TE);
     } else {

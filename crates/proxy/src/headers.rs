@@ -3,7 +3,7 @@
 //! stripped from the client and set for the upstream.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `x-rampart-route`, sent to upstreams.
@@ -30,19 +30,27 @@ static TRAILER: HeaderName = HeaderName::from_static("trailer");
 /// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
 ///
 /// `keep_te_trailers` keeps `te: trailers` (gRPC needs it end to end over HTTP/2).
+///
+/// Runs twice per proxied request (request and response), so the common cases cost no
+/// allocation: the names `Connection` lists are removed straight from its own (owned)
+/// values, and one pass over the header names skips the fixed set when none is present.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    if let Entry::Occupied(entry) = headers.entry(CONNECTION) {
+        let (_, mut values) = entry.remove_entry_mult();
+        let first = values.next();
+        // Almost always one value, so this stays empty and does not allocate.
+        let rest: Vec<HeaderValue> = values.by_ref().collect();
+        drop(values);
+        for value in first.iter().chain(&rest) {
+            let Ok(text) = value.to_str() else { continue };
+            for name in text.split(',') {
+                // An invalid name matches no header: nothing is removed, as before.
+                headers.remove(name.trim());
+            }
         }
-        headers.remove(CONNECTION);
+    }
+    if !headers.keys().any(is_fixed_hop_by_hop) {
+        return;
     }
     let te_trailers = keep_te_trailers
         && headers
@@ -67,6 +75,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Whether `name` is one of the hop-by-hop headers removed whatever `Connection` says.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    *name == TE
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == PROXY_AUTHENTICATE
+        || *name == PROXY_AUTHORIZATION
+        || *name == TRAILER
 }
 
 /// Appends `peer` to `x-forwarded-for` (one comma-separated header).
@@ -122,6 +142,40 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(TE).is_none());
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn names_from_every_connection_value_are_removed_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive, X-One"));
+        h.append(CONNECTION, HeaderValue::from_static(" x-two ,,"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_names_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("alice"));
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("accept", HeaderValue::from_static("b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn te_named_by_connection_is_dropped_even_for_http2_upstreams() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("te"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get(TE).is_none());
     }
 
     #[test]

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Counts the instructions one proxied request costs, with valgrind's callgrind (repeatable,
+unlike timings on a shared machine), and lists where they go.
+
+Starts the upstream (nginx, as the load bench does), then the target under callgrind:
+`rampart` (the bench config: threads 1, a 10 % split, a breaker, metrics) or `bare-hyper`.
+Sends a warm-up, zeroes the counters, sends exactly N requests with random identities over
+one keep-alive connection, dumps the counters, and prints instructions per request and the
+top functions (inclusive and exclusive) from callgrind_annotate.
+
+    python3 benches/load/profile.py [--target rampart|bare-hyper] [--requests 20000]
+
+Needs valgrind (apt-get install valgrind) and the release binaries run.sh builds.
+"""
+
+import argparse
+import http.client
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import driver  # noqa: E402
+
+
+def send(port, n):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    bad = 0
+    for _ in range(n):
+        conn.request("GET", "/", headers={"x-user-id": f"u{random.randint(1, 10**9)}", "host": "bench"})
+        response = conn.getresponse()
+        response.read()
+        bad += response.status != 200
+    conn.close()
+    return bad
+
+
+def callgrind_control(args, pid):
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", choices=["rampart", "bare-hyper"], default="rampart")
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--warmup", type=int, default=2000)
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--rampart", default=os.path.join(driver.ROOT, "target", "release", "rampart"))
+    ap.add_argument("--peers-dir", default=os.path.join(driver.ROOT, "target", "peers", "release"))
+    args = ap.parse_args()
+    if not 1 <= args.requests <= 1_000_000:
+        ap.error("requests 1..1000000")
+
+    workdir = tempfile.mkdtemp(prefix="rampart-profile-")
+    stable_port, canary_port = driver.free_port(), driver.free_port()
+    procs = []
+    try:
+        path = os.path.join(workdir, "upstream.conf")
+        with open(path, "w") as f:
+            f.write(driver.upstream_conf(workdir, stable_port, canary_port))
+        procs.append(driver.Proc("upstream", ["nginx", "-p", workdir, "-c", path], workdir, driver.LOADGEN_CPU))
+        port = driver.free_port()
+        if args.target == "rampart":
+            conf = os.path.join(workdir, "rampart.yaml")
+            with open(conf, "w") as f:
+                f.write(driver.rampart_conf(port, driver.free_port(), stable_port, canary_port))
+            cmd = [args.rampart, "run", "-c", conf]
+        else:
+            cmd = [os.path.join(args.peers_dir, "bare-hyper"), f"127.0.0.1:{port}",
+                   f"127.0.0.1:{stable_port}", f"127.0.0.1:{canary_port}"]
+        out = os.path.join(workdir, "callgrind.out")
+        target = driver.Proc(
+            "target",
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+            workdir,
+            driver.TARGET_CPU,
+        )
+        procs.append(target)
+        if not driver.wait_port(port, timeout=120):
+            raise RuntimeError(f"the target did not start; see {target.log_path}")
+        send(port, args.warmup)
+        callgrind_control(["--zero"], target.popen.pid)
+        t0 = time.monotonic()
+        bad = send(port, args.requests)
+        elapsed = time.monotonic() - t0
+        callgrind_control(["--dump=measured"], target.popen.pid)
+        time.sleep(1)
+        dumps = sorted(f for f in os.listdir(workdir) if f.startswith("callgrind.out") and f != "callgrind.out")
+        if not dumps:
+            raise RuntimeError(f"no callgrind dump in {workdir}")
+        dump = os.path.join(workdir, dumps[-1])
+        text = open(dump).read()
+        m = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
+        total = int(m.group(1)) if m else 0
+        print(f"{args.target}: {args.requests} requests ({bad} not 200) in {elapsed:.1f} s under callgrind")
+        print(f"instructions per request: {total / args.requests:,.0f}")
+        for inclusive in (True, False):
+            print(f"\n--- top functions, {'inclusive' if inclusive else 'exclusive'} ---")
+            ann = subprocess.run(
+                ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}", "--threshold=100", dump],
+                capture_output=True, text=True, timeout=300,
+            ).stdout
+            rows = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+            for row in rows[: args.top]:
+                print(row[:220])
+        print(f"\ndump: {dump}")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Rampart's load benchmark in one command (see benches/README.md).
+#
+# Checks for its tools (installs nothing), builds release binaries of Rampart and of the two
+# bench-only peers (bare hyper, bare pingora: their own workspace, their own target dir
+# target/peers), then runs benches/load/driver.py, which measures everything in one
+# interleaved run and writes the table to docs/PERFORMANCE.md. Arguments go to the driver
+# (`benches/load/run.sh --help`); `--skip E` leaves pingora out (and so needs no cmake).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 ($2)"); }
+need nginx   "apt-get install nginx-light"
+need haproxy "apt-get install haproxy"
+need wrk     "apt-get install wrk"
+need taskset "apt-get install util-linux"
+need python3 "apt-get install python3"
+need cargo   "https://rustup.rs"
+skip_pingora=0
+prev=""
+for arg in "$@"; do
+  if [[ "$prev" == "--skip" && "$arg" == *[Ee]* ]] || [[ "$arg" == --skip=*[Ee]* ]]; then
+    skip_pingora=1
+  fi
+  prev="$arg"
+done
+if [[ $skip_pingora -eq 0 ]]; then
+  need cmake "apt-get install cmake   (pingora builds libz-ng through it; or pass --skip E)"
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "load bench: missing tools; nothing was installed:" >&2
+  for m in "${missing[@]}"; do echo "  - $m" >&2; done
+  echo "On Debian: apt-get install nginx-light haproxy wrk cmake" >&2
+  exit 2
+fi
+if [[ "$(nproc)" -lt 2 ]]; then
+  echo "load bench: needs 2 CPUs (the target on CPU 0, wrk and the upstream on CPU 1)" >&2
+  exit 2
+fi
+
+echo "building rampart (release)"
+cargo build --release --bin rampart
+echo "building the bench peers (release, target/peers)"
+peers=(-p bare-hyper)
+[[ $skip_pingora -eq 0 ]] && peers+=(-p bare-pingora)
+CARGO_TARGET_DIR="$root/target/peers" cargo build --release \
+  --manifest-path benches/peers/Cargo.toml "${peers[@]}"
+
+exec python3 benches/load/driver.py "$@"
