@@ -48,9 +48,10 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// A self-contained demo: embedded stable and canary upstreams, the proxy and traffic.
+    /// A self-contained demo: embedded stable and canary upstreams, the proxy and traffic,
+    /// a canary failure caught by the breaker, then a rollout promoted and one rolled back.
     Demo {
-        /// How long to run, in seconds.
+        /// How long the first act (split and breaker) runs, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },

@@ -46,7 +46,10 @@ struct Tally {
     errors: AtomicU64,
 }
 
-async fn upstream(version: &'static str, failing: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn upstream(
+    version: &'static str,
+    failing: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -268,5 +271,15 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         e
     );
     let _ = stop_tx.send(true);
+    crate::demo_ramp::ramp_act(
+        "Act 2: a progressive rollout, 5 -> 25 -> 50 -> 100 %, 2 s steps; the canary stays healthy",
+        None,
+    )
+    .await?;
+    crate::demo_ramp::ramp_act(
+        "Act 3: the same rollout; the canary degrades once it reaches 25 % and the analysis rolls it back",
+        Some(25),
+    )
+    .await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ mod admin_control;
 mod cli;
 mod commands;
 mod demo;
+mod demo_ramp;
 mod demo_upstream;
 mod fleet;
 mod logging;

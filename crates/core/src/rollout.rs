@@ -174,6 +174,11 @@ pub struct RolloutEvent {
     pub percent: Percent,
 }
 
+/// Fewest attempts on each side for a latency verdict: below 100 samples the nearest-rank
+/// p99 is the maximum, so one outlier (a GC pause, a cold connection) would fail a healthy
+/// canary. With fewer, the step is judged on errors alone.
+pub const LATENCY_MIN_SAMPLES: u64 = 100;
+
 /// Latencies closer than this are sub-millisecond noise, never a latency failure.
 pub const LATENCY_NOISE_FLOOR: Duration = Duration::from_millis(5);
 
@@ -451,7 +456,11 @@ impl Rollout {
         if increase > self.config.max_error_rate_increase {
             return (Verdict::FailErrorRate, figures);
         }
-        if let (Some(canary), Some(stable)) = (figures.canary.p99, figures.stable.p99) {
+        let enough_for_p99 = figures.canary.requests >= LATENCY_MIN_SAMPLES
+            && figures.stable.requests >= LATENCY_MIN_SAMPLES;
+        if let (true, Some(canary), Some(stable)) =
+            (enough_for_p99, figures.canary.p99, figures.stable.p99)
+        {
             let ratio = canary.as_secs_f64() / stable.as_secs_f64().max(1e-9);
             if ratio > self.config.max_latency_ratio && canary >= stable + LATENCY_NOISE_FLOOR {
                 return (Verdict::FailLatency, figures);
@@ -629,6 +638,32 @@ mod tests {
             "on_failure: pause holds the step"
         );
         assert_eq!(r.percent().to_string(), "5");
+    }
+
+    #[test]
+    fn a_p99_from_fewer_than_100_samples_is_not_judged() {
+        let mut r = Rollout::new(config(OnFailure::Rollback), T0, None);
+        let outlier = StepFigures {
+            canary: side(99, 0, 400),
+            stable: side(2000, 0, 10),
+            breaker_opened: false,
+        };
+        let mut cfg_min = config(OnFailure::Rollback);
+        cfg_min.min_requests = 20;
+        let mut small = Rollout::new(cfg_min, T0, None);
+        assert_eq!(
+            small.tick(T0 + MIN, outlier).unwrap().analysis.verdict,
+            Verdict::Pass,
+            "99 samples: p99 is the max"
+        );
+        let judged = StepFigures {
+            canary: side(100, 0, 400),
+            ..outlier
+        };
+        assert_eq!(
+            r.tick(T0 + MIN, judged).unwrap().analysis.verdict,
+            Verdict::FailLatency
+        );
     }
 
     #[test]

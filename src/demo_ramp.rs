@@ -1,0 +1,224 @@
+//! The demo's rollout acts: a canary ramped through steps by the real rollout engine, once
+//! healthy (promoted step by step) and once degrading at 25 % (the step's verdict rolls it
+//! back to 0 %, status `aborted`). Each act runs its own proxy on loopback ports.
+
+use crate::runtime::{Loaded, Runtime};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rampart_core::rollout::RolloutStatus;
+use rampart_proxy::SnapshotSource;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const RAMP_CONFIG: &str = r#"version: 1
+listen: 127.0.0.1:0
+metrics_listen: 127.0.0.1:0
+default_upstream: stable
+access_log: {sample: 0}
+upstreams:
+  stable: {url: "http://STABLE"}
+  canary: {url: "http://CANARY"}
+routes:
+  - name: ramp
+    kind: canary
+    owner: team-demo
+    identity: [header:x-user-id]
+    split: [{backend: canary}]
+    rollout:
+      steps: [5, 25, 50, 100]
+      step_interval: 2s
+      min_requests: 20
+      max_error_rate_increase: 0.02
+      on_failure: rollback
+"#;
+
+/// Longest an act runs, whatever happens.
+const ACT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs one ramp act; `degrade_at` is the percent at which the canary starts answering 500.
+pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()> {
+    let failing = Arc::new(AtomicBool::new(false));
+    let stable = crate::demo::upstream("v1", Arc::new(AtomicBool::new(false))).await?;
+    let canary = crate::demo::upstream("v2", Arc::clone(&failing)).await?;
+    let text = RAMP_CONFIG
+        .replace("STABLE", &stable.to_string())
+        .replace("CANARY", &canary.to_string());
+    let config =
+        rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("ramp.yaml")))?;
+    let bound = crate::runtime::bind(&config, (None, None)).await?;
+    let proxy_addr = bound.proxy.local_addr()?;
+    let runtime = Arc::new(Runtime::new(Loaded {
+        source: SnapshotSource {
+            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
+            path: None,
+        },
+        bytes: text.clone().into_bytes(),
+        config,
+    })?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(rampart_proxy::server::serve(
+        bound.proxy,
+        Arc::clone(&runtime.state),
+        None,
+        stopped(stop_rx.clone()),
+    ));
+    // The rollout engine's ticker, as `rampart run` has it.
+    let ticker_state = Arc::clone(&runtime.state);
+    let mut ticker_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { ticker_state.tick_rollouts(SystemTime::now()); }
+                _ = ticker_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+
+    println!();
+    println!("{title}");
+    println!(
+        "{:>5}  {:>8}  {:>14}  {:>6}  {:>5}  {:>8}  {:<12}  canary",
+        "t(s)", "req/s", "to canary v2", "5xx", "step", "percent", "status"
+    );
+
+    let canary_hits = Arc::new(AtomicU64::new(0));
+    let all_hits = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + ACT_LIMIT;
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let (client, canary_hits, all_hits, errors, done) = (
+            client.clone(),
+            Arc::clone(&canary_hits),
+            Arc::clone(&all_hits),
+            Arc::clone(&errors),
+            Arc::clone(&done),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut n = worker;
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                n = n.wrapping_add(4);
+                let request = Request::get(format!("http://{proxy_addr}/ramp"))
+                    .header("x-user-id", format!("user-{}", fastrand::u32(..100_000)))
+                    .body(Empty::new());
+                let Ok(request) = request else { continue };
+                if let Ok(response) = client.request(request).await {
+                    let canary = response
+                        .headers()
+                        .get("x-version")
+                        .is_some_and(|v| v == "v2");
+                    let failed = response.status().is_server_error();
+                    let _ = response.into_body().collect().await;
+                    all_hits.fetch_add(1, Ordering::Relaxed);
+                    if canary {
+                        canary_hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if failed {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = (0u64, 0u64, 0u64);
+    let mut finished_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let snapshot = runtime.state.snapshot.load_full();
+        let rollout = snapshot.routes.first().and_then(|r| r.rollout.clone());
+        let Some((state, _)) = rollout.as_ref().and_then(|r| r.snapshot()) else {
+            break;
+        };
+        let percent = rollout
+            .as_ref()
+            .map(|r| r.first_entry())
+            .unwrap_or_default();
+        if let Some(at) = degrade_at {
+            if percent.buckets() >= at * 100
+                && !failing.load(Ordering::Relaxed)
+                && state.status == RolloutStatus::Progressing
+            {
+                failing.store(true, Ordering::Relaxed);
+            }
+        }
+        let now = (
+            all_hits.load(Ordering::Relaxed),
+            canary_hits.load(Ordering::Relaxed),
+            errors.load(Ordering::Relaxed),
+        );
+        let (all, canary, errs) = (now.0 - last.0, now.1 - last.1, now.2 - last.2);
+        last = now;
+        let share = if all == 0 {
+            0.0
+        } else {
+            100.0 * canary as f64 / all as f64
+        };
+        println!(
+            "{:>5}  {:>8}  {:>7} {:>5.1}%  {:>6}  {:>5}  {:>7}%  {:<12}  {}",
+            started.elapsed().as_secs(),
+            all,
+            canary,
+            share,
+            errs,
+            state.step,
+            percent.to_string(),
+            state.status.as_str(),
+            if failing.load(Ordering::Relaxed) {
+                "failing (500)"
+            } else {
+                "healthy"
+            }
+        );
+        let terminal = matches!(
+            state.status,
+            RolloutStatus::Promoted | RolloutStatus::Aborted
+        );
+        match (terminal, finished_at) {
+            (true, None) => finished_at = Some(Instant::now()),
+            (true, Some(at)) if at.elapsed() >= Duration::from_secs(2) => break,
+            _ => {}
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    if let Some(analysis) = runtime
+        .state
+        .snapshot
+        .load()
+        .routes
+        .first()
+        .and_then(|r| r.rollout.as_ref())
+        .and_then(|r| r.snapshot())
+        .and_then(|(state, _)| state.last_analysis)
+    {
+        let f = &analysis.figures;
+        println!(
+            "last verdict: {} at step {} (canary {} requests, {:.1} % errors; stable {} requests, {:.1} % errors)",
+            analysis.verdict.as_str(),
+            analysis.step,
+            f.canary.requests,
+            100.0 * f.canary.error_rate(),
+            f.stable.requests,
+            100.0 * f.stable.error_rate()
+        );
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
