@@ -251,7 +251,7 @@ impl RuntimeAdmin {
 
     /// Logs an audit entry and appends it to the audit log (blocking: it fsyncs).
     pub fn record(&self, entry: &NewEntry) {
-        log_entry(entry);
+        rampart_admin::audit::log_entry(entry);
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.append(entry) {
                 tracing::error!(error = %e, "cannot write the audit log");
@@ -287,7 +287,7 @@ impl RuntimeAdmin {
                     .events
                     .set(Arc::new(move |event: &ProxyEvent| {
                         let entry = breaker_entry(event);
-                        log_entry(&entry);
+                        rampart_admin::audit::log_entry(&entry);
                         let _ = tx.send(entry);
                     }));
             }
@@ -390,18 +390,6 @@ impl RuntimeAdmin {
             }
         }
     }
-}
-
-fn log_entry(entry: &NewEntry) {
-    tracing::info!(
-        target: "rampart::audit",
-        actor = %entry.actor,
-        action = %entry.action,
-        route = entry.route.as_deref(),
-        reason = ?entry.reason,
-        detail = %entry.detail,
-        "audit"
-    );
 }
 
 fn breaker_entry(event: &ProxyEvent) -> NewEntry {

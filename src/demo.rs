@@ -84,6 +84,60 @@ pub(crate) async fn upstream(
     Ok(addr)
 }
 
+/// A proxy serving an embedded config on loopback, for the demo's acts.
+pub(crate) struct Embedded {
+    /// Its runtime (snapshot, metrics, readiness).
+    pub runtime: Arc<Runtime>,
+    /// The data-plane address.
+    pub proxy_addr: SocketAddr,
+    /// The metrics address.
+    pub metrics_addr: SocketAddr,
+    /// Send `true` to stop its listeners.
+    pub stop_tx: tokio::sync::watch::Sender<bool>,
+    /// Resolves once `stop_tx` says stop (for the act's own tasks).
+    pub stop_rx: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Parses `text` (listeners on port 0), binds, and serves the data plane and metrics.
+pub(crate) async fn start_embedded(text: &str, name: &str) -> anyhow::Result<Embedded> {
+    let config = rampart_core::config::parse(text).map_err(|e| anyhow::anyhow!(e.render(name)))?;
+    let bound = crate::runtime::bind(&config, (None, None)).await?;
+    let proxy_addr = bound.proxy.local_addr()?;
+    let metrics_addr = bound.metrics.local_addr()?;
+    let runtime = Arc::new(Runtime::new(Loaded {
+        source: SnapshotSource {
+            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
+            path: None,
+        },
+        bytes: text.as_bytes().to_vec(),
+        config,
+    })?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(rampart_proxy::server::serve(
+        bound.proxy,
+        Arc::clone(&runtime.state),
+        None,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(rampart_admin::metrics_server::serve(
+        bound.metrics,
+        runtime.registry.clone(),
+        Arc::clone(&runtime.readiness),
+        stopped(stop_rx.clone()),
+    ));
+    runtime.readiness.set(true);
+    Ok(Embedded {
+        runtime,
+        proxy_addr,
+        metrics_addr,
+        stop_tx,
+        stop_rx,
+    })
+}
+
 /// When the embedded canary fails: from a quarter of the run to a bit past half of it
 /// (5 s to 12 s of the default 20 s).
 fn failure_window(length: Duration) -> (Duration, Duration) {
@@ -127,36 +181,13 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     let text = DEMO_CONFIG
         .replace("STABLE", &stable.to_string())
         .replace("CANARY", &canary.to_string());
-    let config =
-        rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("demo.yaml")))?;
-    let bound = crate::runtime::bind(&config, (None, None)).await?;
-    let proxy_addr = bound.proxy.local_addr()?;
-    let metrics_addr = bound.metrics.local_addr()?;
-    let runtime = Arc::new(Runtime::new(Loaded {
-        source: SnapshotSource {
-            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
-            path: None,
-        },
-        bytes: text.clone().into_bytes(),
-        config,
-    })?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(rampart_proxy::server::serve(
-        bound.proxy,
-        Arc::clone(&runtime.state),
-        None,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(rampart_admin::metrics_server::serve(
-        bound.metrics,
-        runtime.registry.clone(),
-        Arc::clone(&runtime.readiness),
-        stopped(stop_rx.clone()),
-    ));
-    runtime.readiness.set(true);
+    let Embedded {
+        runtime,
+        proxy_addr,
+        metrics_addr,
+        stop_tx,
+        ..
+    } = start_embedded(&text, "demo.yaml").await?;
 
     println!("Rampart demo");
     println!("  stable upstream \"v1\"  http://{stable}");

@@ -2,14 +2,12 @@
 //! healthy (promoted step by step) and once degrading at 25 % (the step's verdict rolls it
 //! back to 0 %, status `aborted`). Each act runs its own proxy on loopback ports.
 
-use crate::runtime::{Loaded, Runtime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rampart_core::rollout::RolloutStatus;
-use rampart_proxy::SnapshotSource;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,28 +45,13 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
     let text = RAMP_CONFIG
         .replace("STABLE", &stable.to_string())
         .replace("CANARY", &canary.to_string());
-    let config =
-        rampart_core::config::parse(&text).map_err(|e| anyhow::anyhow!(e.render("ramp.yaml")))?;
-    let bound = crate::runtime::bind(&config, (None, None)).await?;
-    let proxy_addr = bound.proxy.local_addr()?;
-    let runtime = Arc::new(Runtime::new(Loaded {
-        source: SnapshotSource {
-            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
-            path: None,
-        },
-        bytes: text.clone().into_bytes(),
-        config,
-    })?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(rampart_proxy::server::serve(
-        bound.proxy,
-        Arc::clone(&runtime.state),
-        None,
-        stopped(stop_rx.clone()),
-    ));
+    let crate::demo::Embedded {
+        runtime,
+        proxy_addr,
+        stop_tx,
+        stop_rx,
+        ..
+    } = crate::demo::start_embedded(&text, "ramp.yaml").await?;
     // The rollout engine's ticker, as `rampart run` has it.
     let ticker_state = Arc::clone(&runtime.state);
     let mut ticker_stop = stop_rx.clone();

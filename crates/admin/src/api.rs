@@ -580,15 +580,7 @@ impl AdminApi {
 
     /// Logs an entry and appends it to the audit log (on a blocking thread: it fsyncs).
     async fn write(&self, entry: NewEntry) {
-        tracing::info!(
-            target: "rampart::audit",
-            actor = %entry.actor,
-            action = %entry.action,
-            route = entry.route.as_deref(),
-            reason = ?entry.reason,
-            detail = %entry.detail,
-            "audit"
-        );
+        crate::audit::log_entry(&entry);
         let Some(audit) = self.audit.clone() else {
             return;
         };

@@ -671,6 +671,20 @@ pub fn verify_bytes(bytes: &[u8], head: Option<&str>) -> Result<VerifyReport, Ve
     })
 }
 
+/// Writes an audit entry to the process log as well (SPEC section 6: every entry is also
+/// logged), under the `rampart::audit` target.
+pub fn log_entry(entry: &NewEntry) {
+    tracing::info!(
+        target: "rampart::audit",
+        actor = %entry.actor,
+        action = %entry.action,
+        route = entry.route.as_deref(),
+        reason = ?entry.reason,
+        detail = %entry.detail,
+        "audit"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
