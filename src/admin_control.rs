@@ -921,7 +921,15 @@ pub async fn bind(config: &Config) -> Result<Option<TcpListener>, BindError> {
 }
 
 /// Serves the admin API on `listener` over `runtime`.
-pub fn spawn(runtime: &Arc<Runtime>, listener: TcpListener, config_path: PathBuf) -> AdminServer {
+///
+/// `tls` is the data plane's TLS acceptor: used when `admin_listen` is not a loopback
+/// address (validation refuses such a listener without `tls`).
+pub fn spawn(
+    runtime: &Arc<Runtime>,
+    listener: TcpListener,
+    config_path: PathBuf,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> AdminServer {
     let config = runtime.state.snapshot.load().config.clone();
     let tokens = TokenStore::new(config.admin_tokens_file.clone());
     let control = Arc::new(Control {
@@ -934,11 +942,13 @@ pub fn spawn(runtime: &Arc<Runtime>, listener: TcpListener, config_path: PathBuf
         runtime.admin.audit.clone(),
         Arc::new(SystemClock) as Arc<dyn Clock>,
     ));
+    let off_loopback = listener.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    let tls = tls.filter(|_| off_loopback);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(admin_listen = %addr, "admin API listening");
+        tracing::info!(admin_listen = %addr, tls = tls.is_some(), "admin API listening");
     }
     let (stop, mut rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(api::serve(listener, api, async move {
+    let task = tokio::spawn(api::serve(listener, api, tls, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
     AdminServer { stop, task }

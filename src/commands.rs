@@ -135,8 +135,9 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
             runtime.mark_rejected();
             runtime.set_last_seen(&std::fs::read(&path).unwrap_or_default());
         }
+        let admin_tls = bound.tls.clone();
         let admin = admin_listener
-            .map(|l| crate::admin_control::spawn(&runtime, l, path.clone()));
+            .map(|l| crate::admin_control::spawn(&runtime, l, path.clone(), admin_tls));
         let served = runtime::serve(runtime, bound, Some(path)).await;
         if let Some(admin) = admin {
             admin.stop().await;

@@ -1549,3 +1549,62 @@ async fn grpc_request_whose_upstream_does_not_answer_in_time_gets_grpc_status_4_
     );
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_api_off_loopback_is_served_over_tls_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::new("admin test CA");
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+    let dir = TempDir::new("admintls");
+    let token = "admin-tls-token-3e1f5a7c9b2d4f6a8c0e1a3b5c7d9e1f";
+    let tokens = dir.write(
+        "tokens.yaml",
+        &format!(
+            "- {{name: ada, role: admin, sha256: {}}}\n",
+            sha256_hex(token.as_bytes())
+        ),
+    );
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stable = Upstream::start("stable").await;
+    let admin_port = free_port();
+    let body = format!(
+        "{}admin_listen: 0.0.0.0:{admin_port}\nadmin_tokens_file: {}\n{}",
+        tls_files(&dir, &leaf),
+        tokens.display(),
+        config("stable", &[&stable], "routes: []\n")
+    );
+    let _rampart = Rampart::start(&body).await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+
+    // Plain HTTP gets no answer from an API whose listener speaks TLS.
+    let plain = client();
+    let answer = try_get(
+        &plain,
+        &format!("http://{admin}/v1/status"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert!(
+        answer.is_err() || answer.as_ref().is_ok_and(|r| r.status != 200),
+        "{answer:?}"
+    );
+
+    // Over TLS, with the data plane's certificate, the token works.
+    let stream = tls_connect(&ca.connector(&[b"http/1.1"]), admin, "localhost")
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/v1/status")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(IO_TIMEOUT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -670,7 +670,12 @@ where
 
 /// Serves the admin API on `listener` until `stop` resolves, then writes any pending
 /// refusal summary.
-pub async fn serve(listener: TcpListener, api: Arc<AdminApi>, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<AdminApi>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -708,11 +713,27 @@ pub async fn serve(listener: TcpListener, api: Arc<AdminApi>, stop: impl Future<
             let api = Arc::clone(&api);
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = connection.await;
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                // Off loopback the API is served over TLS only (bearer tokens must not
+                // cross the network in clear text).
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
