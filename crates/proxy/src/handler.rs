@@ -464,7 +464,11 @@ impl ProxyState {
             }
         }
         let next_probe_in_ms = t.open_for.map(|d| d.as_millis() as u64);
+        let next_probe_at = t.open_for.map(|d| {
+            humantime::format_rfc3339_millis(std::time::SystemTime::now() + d).to_string()
+        });
         tracing::warn!(
+            next_probe_at,
             route = rt.name_str.as_str(),
             backend = slot_rt.name_str.as_str(),
             from = t.from.as_str(),
