@@ -67,7 +67,6 @@ pub const MALFORMED_REASONS: &[&str] = &[
     "content_length_and_transfer_encoding",
     "header_too_large",
     "bad_request",
-    "h2_protocol",
 ];
 
 impl Metrics {
