@@ -667,57 +667,11 @@ impl Rampart {
     /// Writes `version: 1`, `listen`, `metrics_listen` and `state_dir` followed by `body` into
     /// a fresh temp dir, starts the binary and waits until `/readyz` answers 200.
     pub async fn start(body: &str) -> Rampart {
-        let dir = TempDir::new("run");
-        let client = client();
-        let stderr_path = dir.path().join("stderr.log");
-        let stdout_path = dir.path().join("stdout.log");
-        let mut last_failure = String::new();
-        // A port picked free can be taken again before the binary binds it (other tests run
-        // in parallel): exit code 3 means exactly that, so retry a bounded number of times.
-        for _attempt in 0..3 {
-            let port = free_port();
-            let metrics_port = free_port();
-            let config = format!(
-                "version: 1\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\nstate_dir: {}\n{body}",
-                dir.path().join("state").display()
-            );
-            let config_path = dir.write("rampart.yaml", &config);
-            let mut child = Command::new(RAMPART)
-                .arg("run")
-                .arg("-c")
-                .arg(&config_path)
-                .env_remove("RAMPART_CONFIG")
-                .env_remove("RAMPART_LOG_FORMAT")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&stdout_path).unwrap())
-                .stderr(std::fs::File::create(&stderr_path).unwrap())
-                .spawn()
-                .expect("spawn rampart");
-            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-            match wait_ready(&mut child, &client, metrics_addr).await {
-                Ok(()) => {
-                    return Rampart {
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                        metrics_addr,
-                        config_path,
-                        stderr_path,
-                        child,
-                        client,
-                        dir,
-                    }
-                }
-                Err(Some(3)) => {
-                    last_failure = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                }
-                Err(code) => {
-                    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!(
-                        "rampart did not become ready (exit code {code:?}; None = still running, killed)\nconfig:\n{config}\nstderr:\n{stderr}"
-                    );
-                }
-            }
-        }
-        panic!("rampart exited 3 (cannot bind) on 3 attempts; last stderr:\n{last_failure}");
+        let (rampart, _) = launch(TempDir::new("run"), false, "", body, |dir, contents| {
+            write_file(dir, "rampart.yaml", contents)
+        })
+        .await;
+        rampart
     }
 
     /// URL on the data-plane listener.
@@ -993,45 +947,14 @@ impl Rampart {
     pub async fn start_admin(body: &str, tokens_yaml: &str) -> (Rampart, SocketAddr) {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new("admin");
-        let client = client();
-        let stderr_path = dir.path().join("stderr.log");
-        let stdout_path = dir.path().join("stdout.log");
         let tokens = dir.write("tokens.yaml", tokens_yaml);
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut last_failure = String::new();
-        for _attempt in 0..3 {
-            let (port, metrics_port, admin_port) = (free_port(), free_port(), free_port());
-            let config = format!(
-                "version: 1\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_tokens_file: {}\nstate_dir: {}\n{body}",
-                tokens.display(),
-                dir.path().join("state").display()
-            );
-            let config_path = dir.write("rampart.yaml", &config);
-            let mut child = spawn_run(&config_path, &stdout_path, &stderr_path);
-            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-            match wait_ready(&mut child, &client, metrics_addr).await {
-                Ok(()) => {
-                    let rampart = Rampart {
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                        metrics_addr,
-                        config_path,
-                        stderr_path,
-                        child,
-                        client,
-                        dir,
-                    };
-                    return (rampart, SocketAddr::from(([127, 0, 0, 1], admin_port)));
-                }
-                Err(Some(3)) => {
-                    last_failure = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                }
-                Err(code) => {
-                    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("rampart did not become ready (exit code {code:?})\nconfig:\n{config}\nstderr:\n{stderr}");
-                }
-            }
-        }
-        panic!("rampart exited 3 (cannot bind) on 3 attempts; last stderr:\n{last_failure}");
+        let head = format!("admin_tokens_file: {}\n", tokens.display());
+        let (rampart, admin) = launch(dir, true, &head, body, |dir, contents| {
+            write_file(dir, "rampart.yaml", contents)
+        })
+        .await;
+        (rampart, admin.expect("an admin port"))
     }
 
     /// Kills the process (SIGKILL, as a crash would) and starts it again on the same config
@@ -1063,6 +986,66 @@ impl Rampart {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
+}
+
+/// Writes `contents` to `dir/name` and returns the path.
+fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Starts `rampart run` on free loopback ports (and an admin port if `admin`), with
+/// [`config_head`], `extra_head` and `body` laid out by `lay_out` under `dir`, and waits for
+/// `/readyz`. A port taken between picking and binding (exit 3) is retried, at most 3 times.
+async fn launch(
+    dir: TempDir,
+    admin: bool,
+    extra_head: &str,
+    body: &str,
+    lay_out: impl Fn(&Path, &str) -> PathBuf,
+) -> (Rampart, Option<SocketAddr>) {
+    let client = client();
+    let stderr_path = dir.path().join("stderr.log");
+    let stdout_path = dir.path().join("stdout.log");
+    let mut last_failure = String::new();
+    for _attempt in 0..3 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin_addr = admin.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let admin_line = admin_addr
+            .map(|a| format!("admin_listen: {a}\n"))
+            .unwrap_or_default();
+        let head = config_head(addr, metrics_addr, &dir.path().join("state"));
+        let contents = format!("{head}{admin_line}{extra_head}{body}");
+        let config_path = lay_out(dir.path(), &contents);
+        let _ = std::fs::remove_file(&stderr_path);
+        let mut child = spawn_run(&config_path, &stdout_path, &stderr_path);
+        match wait_ready(&mut child, &client, metrics_addr).await {
+            Ok(()) => {
+                let rampart = Rampart {
+                    addr,
+                    metrics_addr,
+                    config_path,
+                    stderr_path,
+                    child,
+                    client,
+                    dir,
+                };
+                return (rampart, admin_addr);
+            }
+            Err(Some(3)) => {
+                last_failure = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            }
+            Err(code) => {
+                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!(
+                    "rampart did not become ready (exit code {code:?}; None = still running, killed)\nconfig:\n{contents}\nstderr:\n{stderr}"
+                );
+            }
+        }
+    }
+    panic!("rampart exited 3 (cannot bind) on 3 attempts; last stderr:\n{last_failure}");
 }
 
 fn spawn_run(config_path: &Path, stdout_path: &Path, stderr_path: &Path) -> Child {
@@ -1137,41 +1120,8 @@ impl Rampart {
     /// `..data` symlinks, a symlink to another directory, ...) and returns the path given to
     /// `rampart run -c`. Called again, with new ports, if a port was taken (exit 3).
     pub async fn start_at(body: &str, lay_out: impl Fn(&Path, &str) -> PathBuf) -> Rampart {
-        let dir = TempDir::new("at");
-        let client = client();
-        let stderr_path = dir.path().join("stderr.log");
-        let stdout_path = dir.path().join("stdout.log");
-        let mut last_failure = String::new();
-        for _attempt in 0..3 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let head = config_head(addr, metrics_addr, &dir.path().join("state"));
-            let contents = format!("{head}{body}");
-            let config_path = lay_out(dir.path(), &contents);
-            let _ = std::fs::remove_file(&stderr_path);
-            let mut child = spawn_run(&config_path, &stdout_path, &stderr_path);
-            match wait_ready(&mut child, &client, metrics_addr).await {
-                Ok(()) => {
-                    return Rampart {
-                        addr,
-                        metrics_addr,
-                        config_path,
-                        stderr_path,
-                        child,
-                        client,
-                        dir,
-                    }
-                }
-                Err(Some(3)) => {
-                    last_failure = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                }
-                Err(code) => {
-                    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("rampart did not become ready (exit code {code:?})\nconfig:\n{contents}\nstderr:\n{stderr}");
-                }
-            }
-        }
-        panic!("rampart exited 3 (cannot bind) on 3 attempts; last stderr:\n{last_failure}");
+        let (rampart, _) = launch(TempDir::new("at"), false, "", body, lay_out).await;
+        rampart
     }
 
     /// The first lines of this instance's config file: `version`, `listen`,
