@@ -12,11 +12,11 @@ use crate::runtime::{self, BindError, Loaded, Runtime, LAST_GOOD_FILE};
 use rampart_admin::api::{self, AdminApi, AdminControl, Caller, ControlError};
 use rampart_admin::audit::{self, rfc3339_millis, AuditLog, NewEntry};
 use rampart_admin::tokens::TokenStore;
-use rampart_core::breaker::BreakerState;
+
 use rampart_core::clock::{Clock, SystemClock};
-use rampart_core::config::{self, BackendSlot, Config, Route, UpstreamId};
-use rampart_core::decision::{self, Gates};
-use rampart_proxy::handler::{ProxyEvent, ProxyState};
+use rampart_core::config::{self, BackendSlot, Config, Route};
+use rampart_core::decision;
+use rampart_proxy::handler::ProxyEvent;
 use rampart_proxy::{Snapshot, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -461,37 +461,6 @@ fn figures_json(side: &rampart_core::rollout::SideFigures) -> Value {
     })
 }
 
-/// The gates as they stand, without side effects: a breaker is asked for its state, not for
-/// a probe slot, so explaining never takes one from real traffic.
-struct ReadOnlyGates<'a> {
-    state: &'a ProxyState,
-    snapshot: &'a Snapshot,
-}
-
-impl Gates for ReadOnlyGates<'_> {
-    fn admin_killed(&self, route: usize) -> bool {
-        self.snapshot
-            .config
-            .routes
-            .get(route)
-            .is_some_and(|r| self.state.admin_kills.load().contains(&r.name))
-    }
-    fn breaker_admits(&self, route: usize, slot: BackendSlot) -> bool {
-        self.snapshot
-            .routes
-            .get(route)
-            .and_then(|r| r.slot(slot))
-            .and_then(|s| s.breaker.as_ref())
-            .is_none_or(|b| b.state() == BreakerState::Closed)
-    }
-    fn healthy(&self, upstream: UpstreamId) -> bool {
-        self.snapshot
-            .upstreams
-            .get(upstream.index())
-            .is_none_or(|u| u.is_healthy())
-    }
-}
-
 /// [`AdminControl`] over the runtime.
 pub struct Control {
     runtime: Arc<Runtime>,
@@ -761,11 +730,8 @@ impl AdminControl for Control {
         let state = &self.runtime.state;
         let snapshot = state.snapshot.load_full();
         let config = &snapshot.config;
-        let gates = ReadOnlyGates {
-            state,
-            snapshot: &snapshot,
-        };
-        let decided = decision::explain(config, route, identity, &gates, None)
+        let (_, decided) = state
+            .explain(&snapshot, route, identity, &decision::IdentityOnly)
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
         let r = config
             .route(route)

@@ -6,7 +6,8 @@
 //! upstream's body under an idle timeout, holding the upstream's in-flight slot until it
 //! ends, or a small body of Rampart's own.
 
-use crate::handler::{Completion, End};
+use crate::completion::Completion;
+use crate::failure::ClientFault;
 use crate::upstream::InflightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +17,7 @@ use pin_project_lite::pin_project;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -23,6 +25,107 @@ use tokio::time::{Instant, Sleep};
 
 /// Errors of bodies crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request body kept for a re-send to stable (`fallback: idempotent` buffers up to
+/// this much; a reclaimable body keeps copies of at most this much).
+pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+/// The client's request body failed: what [`ClientFault`] it was, and the cause. Attempts
+/// that fail with this in their error chain are the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {fault:?}: {source}")]
+pub struct ClientBodyError {
+    fault: ClientFault,
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    /// Which fault of the client's it was.
+    pub fn fault(&self) -> ClientFault {
+        self.fault
+    }
+
+    /// Classifies an error of the client's body stream: an idle timeout is a stall, a
+    /// framing error (hyper reports invalid chunking as `InvalidInput`/`InvalidData`) is
+    /// bad framing, anything else (end of stream too early, a reset) is a client gone.
+    pub(crate) fn classify(source: BoxError) -> ClientBodyError {
+        let mut fault = ClientFault::Gone;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if e.is::<IdleTimeout>() {
+                fault = ClientFault::Stalled;
+                break;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    fault = ClientFault::BadFraming;
+                }
+                break;
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse() {
+                    fault = ClientFault::BadFraming;
+                    break;
+                }
+            }
+            cause = e.source();
+        }
+        ClientBodyError { fault, source }
+    }
+}
+
+/// Where a request body notes how the client is doing, for the handler to read after the
+/// attempt: whether the client failed the body (whatever error the upstream client then
+/// reports: HTTP/2 may report only its own reset of the stream), and whether, when the
+/// attempt timed out, the body was still waiting on the client.
+#[derive(Debug, Default)]
+pub struct FaultCell {
+    fault: AtomicU8,
+    progress: AtomicU8,
+}
+
+/// [`FaultCell::progress`]: the body is being read from the client, or not polled.
+const READING: u8 = 0;
+/// [`FaultCell::progress`]: the last read found nothing: the client owes data.
+const WAITING_ON_CLIENT: u8 = 1;
+/// [`FaultCell::progress`]: the body ended.
+const FINISHED: u8 = 2;
+
+impl FaultCell {
+    fn set(&self, fault: ClientFault) {
+        let code = match fault {
+            ClientFault::BadFraming => 1,
+            ClientFault::Gone => 2,
+            ClientFault::Stalled => 3,
+        };
+        let _ = self
+            .fault
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The first fault noted, if any.
+    pub fn get(&self) -> Option<ClientFault> {
+        match self.fault.load(Ordering::Acquire) {
+            1 => Some(ClientFault::BadFraming),
+            2 => Some(ClientFault::Gone),
+            3 => Some(ClientFault::Stalled),
+            _ => None,
+        }
+    }
+
+    /// Whether the body was waiting for the client's data (rather than for the upstream
+    /// to read it, or finished): an attempt that timed out then is the client's stall.
+    pub fn waiting_on_client(&self) -> bool {
+        self.progress.load(Ordering::Acquire) == WAITING_ON_CLIENT
+    }
+
+    fn progress(&self, state: u8) {
+        self.progress.store(state, Ordering::Release);
+    }
+}
 
 /// A body frame gap longer than the upstream's `idle_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +141,6 @@ pub struct IdleTimeout(pub Duration);
 /// message, before the upstream's REFUSED_STREAM arrived), [`Reclaim::take`] gives a body
 /// that replays what was read and then continues with the unread rest.
 ///
-/// [`MAX_RETRY_BODY`]: crate::handler::MAX_RETRY_BODY
 pub struct ReclaimableBody {
     shared: Arc<Mutex<Reclaimed>>,
     /// Frames an earlier attempt read, sent first (the retry's body).
@@ -68,7 +170,7 @@ impl Reclaimed {
         } else {
             return;
         };
-        if self.read_bytes > crate::handler::MAX_RETRY_BODY {
+        if self.read_bytes > MAX_RETRY_BODY {
             self.read = None;
         } else {
             read.push(copy);
@@ -181,15 +283,43 @@ impl Body for ReclaimableBody {
 }
 
 pin_project! {
-    /// The body sent to an upstream.
-    #[project = ReqBodyProj]
-    pub enum ReqBody {
+    /// The body sent to an upstream. Errors of the client's side are wrapped in
+    /// [`ClientBodyError`] and noted in the request's [`FaultCell`].
+    pub struct ReqBody {
+        #[pin]
+        inner: ReqSource,
+        fault: Option<Arc<FaultCell>>,
+    }
+}
+
+pin_project! {
+    /// Where a [`ReqBody`]'s frames come from.
+    #[project = ReqSourceProj]
+    pub enum ReqSource {
         /// The client's body, streamed (frames at most `idle_timeout` apart).
         Streamed { #[pin] body: IdleBody<Incoming> },
         /// The client's body, replayable for one retry (see [`ReclaimableBody`]).
         Reclaimable { #[pin] body: IdleBody<ReclaimableBody> },
         /// A buffered body (retries of small idempotent requests).
         Buffered { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ReqBody {
+    /// A body from `inner`; client-side failures are noted in `fault` (none is needed for
+    /// a buffered body or one that is already over).
+    pub fn new(inner: ReqSource, fault: Option<Arc<FaultCell>>) -> ReqBody {
+        ReqBody { inner, fault }
+    }
+
+    /// A buffered body.
+    pub fn buffered(bytes: Bytes) -> ReqBody {
+        ReqBody::new(
+            ReqSource::Buffered {
+                body: Full::new(bytes),
+            },
+            None,
+        )
     }
 }
 
@@ -201,26 +331,55 @@ impl Body for ReqBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ReqBodyProj::Streamed { body } => body.poll_frame(cx),
-            ReqBodyProj::Reclaimable { body } => body.poll_frame(cx),
-            ReqBodyProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        let this = self.project();
+        let polled = match this.inner.project() {
+            ReqSourceProj::Streamed { body } => body.poll_frame(cx),
+            ReqSourceProj::Reclaimable { body } => body.poll_frame(cx),
+            ReqSourceProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        };
+        let cell = this.fault.as_deref();
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                let error = ClientBodyError::classify(e);
+                if let Some(cell) = cell {
+                    cell.set(error.fault());
+                }
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+            Poll::Pending => {
+                if let Some(cell) = cell {
+                    cell.progress(WAITING_ON_CLIENT);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                if let Some(cell) = cell {
+                    cell.progress(FINISHED);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(cell) = cell {
+                    cell.progress(READING);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Streamed { body } => body.is_end_stream(),
-            ReqBody::Reclaimable { body } => body.is_end_stream(),
-            ReqBody::Buffered { body } => body.is_end_stream(),
+        match &self.inner {
+            ReqSource::Streamed { body } => body.is_end_stream(),
+            ReqSource::Reclaimable { body } => body.is_end_stream(),
+            ReqSource::Buffered { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Streamed { body } => body.size_hint(),
-            ReqBody::Reclaimable { body } => body.size_hint(),
-            ReqBody::Buffered { body } => body.size_hint(),
+        match &self.inner {
+            ReqSource::Streamed { body } => body.size_hint(),
+            ReqSource::Reclaimable { body } => body.size_hint(),
+            ReqSource::Buffered { body } => body.size_hint(),
         }
     }
 }
@@ -289,39 +448,59 @@ where
     }
 }
 
+/// How a response ended, for the record of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The body ended normally.
+    Complete,
+    /// The upstream body failed (reset, idle timeout).
+    BodyError,
+    /// The client went away before the end: not the upstream's fault.
+    ClientGone,
+}
+
+/// What a response body reports as it ends: the trailers it carried, and how it ended.
+/// The request's record ([`Completion`]) implements it; the body knows nothing else of it.
+pub trait BodyEnd {
+    /// Notes trailers seen at the end of the body.
+    fn trailers(&mut self, trailers: &http::HeaderMap);
+    /// Records the end; called once.
+    fn finish(&mut self, end: End);
+}
+
 pin_project! {
     /// The body sent to the client.
     #[project = RespBodyProj]
-    pub enum RespBody {
+    pub enum RespBody<E = Completion> {
         /// The upstream's body; the guard frees the upstream's in-flight slot when it ends,
         /// and the completion records the outcome then (or when the client goes away).
         Upstream {
             #[pin] body: IdleBody<Incoming>,
             guard: Option<InflightGuard>,
-            completion: Option<Completion>,
+            completion: Option<E>,
         },
         /// A body Rampart wrote itself.
         Own { #[pin] body: Full<Bytes> },
     }
 }
 
-impl RespBody {
+impl<E> RespBody<E> {
     /// A body of Rampart's own.
-    pub fn own(text: &'static str) -> RespBody {
+    pub fn own(text: &'static str) -> RespBody<E> {
         RespBody::Own {
             body: Full::new(Bytes::from_static(text.as_bytes())),
         }
     }
 
     /// An empty body.
-    pub fn empty() -> RespBody {
+    pub fn empty() -> RespBody<E> {
         RespBody::Own {
             body: Full::new(Bytes::new()),
         }
     }
 }
 
-impl Body for RespBody {
+impl<E: BodyEnd> Body for RespBody<E> {
     type Data = Bytes;
     type Error = BoxError;
 
