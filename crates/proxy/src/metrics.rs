@@ -67,6 +67,7 @@ pub const MALFORMED_REASONS: &[&str] = &[
     "content_length_and_transfer_encoding",
     "header_too_large",
     "bad_request",
+    "bad_body",
 ];
 
 impl Metrics {
