@@ -58,7 +58,11 @@ fn canary_breaker_closed(text: &str) -> Option<f64> {
     metric(
         text,
         "rampart_breaker_state",
-        &[("route", "checkout"), ("backend", "canary"), ("state", "closed")],
+        &[
+            ("route", "checkout"),
+            ("backend", "canary"),
+            ("state", "closed"),
+        ],
     )
 }
 
@@ -66,7 +70,11 @@ fn own_4xx(text: &str) -> f64 {
     metric_sum(
         text,
         "rampart_requests_total",
-        &[("route", "checkout"), ("backend", "_rampart"), ("code_class", "4xx")],
+        &[
+            ("route", "checkout"),
+            ("backend", "_rampart"),
+            ("code_class", "4xx"),
+        ],
     )
 }
 
@@ -83,15 +91,26 @@ async fn malformed_chunked_bodies_get_400_and_leave_the_canary_breaker_closed() 
         let response = conn.exchange(request.as_bytes()).await.unwrap();
         assert_eq!(response.status, 400, "request {i}: {response:?}");
         assert_eq!(response.header("x-rampart-error"), Some("bad_request"));
-        assert!(conn.closed_by_peer().await, "the connection closes after a bad body");
+        assert!(
+            conn.closed_by_peer().await,
+            "the connection closes after a bad body"
+        );
     }
     let text = metrics_until(&rampart, |t| own_4xx(t) >= 5.0).await;
     assert_eq!(own_4xx(&text), 5.0, "{text}");
-    assert_eq!(canary_errors(&text), 0.0, "client faults are not the canary's");
+    assert_eq!(
+        canary_errors(&text),
+        0.0,
+        "client faults are not the canary's"
+    );
     assert_eq!(canary_breaker_closed(&text), Some(1.0));
     assert!(
-        metric(&text, "rampart_malformed_requests_total", &[("reason", "bad_body")])
-            .is_some_and(|n| n >= 5.0),
+        metric(
+            &text,
+            "rampart_malformed_requests_total",
+            &[("reason", "bad_body")]
+        )
+        .is_some_and(|n| n >= 5.0),
         "{text}"
     );
     // The canary still serves.
@@ -117,9 +136,17 @@ async fn clients_that_leave_mid_body_are_not_counted_against_the_canary() {
         }
         drop(stream);
     }
-    assert_eq!(canary.hits(), 5, "each request reached the canary before the client left");
+    assert_eq!(
+        canary.hits(),
+        5,
+        "each request reached the canary before the client left"
+    );
     let text = metrics_until(&rampart, |t| own_4xx(t) >= 5.0).await;
-    assert_eq!(own_4xx(&text), 5.0, "each is recorded as the client's: {text}");
+    assert_eq!(
+        own_4xx(&text),
+        5.0,
+        "each is recorded as the client's: {text}"
+    );
     assert_eq!(canary_errors(&text), 0.0);
     assert_eq!(canary_breaker_closed(&text), Some(1.0));
     let r = rampart.get("/cart", &[("x-user-id", "after")]).await;
@@ -219,7 +246,11 @@ routes:
         metric(
             &text,
             "rampart_fallbacks_total",
-            &[("route", "checkout"), ("from", "canary"), ("reason", "connect_failure")]
+            &[
+                ("route", "checkout"),
+                ("from", "canary"),
+                ("reason", "connect_failure")
+            ]
         ),
         Some(1.0)
     );

@@ -173,6 +173,11 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Bulkhead: most requests in flight at once; `None` = unbounded.
     pub max_inflight: Option<u32>,
+    /// Most idle keep-alive connections kept open to it (nginx's `keepalive N`): a burst's
+    /// extra connections are closed once idle instead of staying open.
+    pub pool_max_idle: usize,
+    /// How long an idle keep-alive connection is kept.
+    pub pool_idle_timeout: Duration,
 }
 
 /// `health_check:` of an upstream.

@@ -67,6 +67,15 @@ pub struct RawUpstream {
     pub request_timeout: Option<Spanned<DurationValue>>,
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub max_inflight: Option<Spanned<u32>>,
+    pub pool: Option<Spanned<RawPool>>,
+}
+
+/// `pool:` of an upstream: its idle keep-alive connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub max_idle: Option<u32>,
+    pub idle_timeout: Option<DurationValue>,
 }
 
 /// `protocol:` of an upstream.

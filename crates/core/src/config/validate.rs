@@ -13,6 +13,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Idle keep-alive connections kept per upstream unless `pool.max_idle` says otherwise.
+const DEFAULT_POOL_MAX_IDLE: usize = 128;
+/// How long an idle upstream connection is kept unless `pool.idle_timeout` says otherwise.
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Parses and validates a config file's text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
@@ -541,6 +546,24 @@ impl Validator {
                 }
                 m.value
             });
+            let (pool_max_idle, pool_idle_timeout) = match &u.pool {
+                None => (DEFAULT_POOL_MAX_IDLE, DEFAULT_POOL_IDLE_TIMEOUT),
+                Some(p) => {
+                    let idle_timeout = dur(p.value.idle_timeout, DEFAULT_POOL_IDLE_TIMEOUT);
+                    if idle_timeout.is_zero() {
+                        self.err(
+                            p.referenced,
+                            format!("{path}.pool.idle_timeout"),
+                            "must be above zero (max_idle: 0 keeps no idle connection)",
+                        );
+                    }
+                    let max_idle = p
+                        .value
+                        .max_idle
+                        .map_or(DEFAULT_POOL_MAX_IDLE, |n| n as usize);
+                    (max_idle, idle_timeout)
+                }
+            };
             let authority = if parsed.host.contains(':') {
                 format!("[{}]:{}", parsed.host, parsed.port)
             } else {
@@ -560,6 +583,8 @@ impl Validator {
                 request_timeout: sdur(&u.request_timeout, Duration::from_secs(30)),
                 idle_timeout: sdur(&u.idle_timeout, Duration::from_secs(300)),
                 max_inflight,
+                pool_max_idle,
+                pool_idle_timeout,
             });
         }
         if out.len() > usize::from(u16::MAX) {
