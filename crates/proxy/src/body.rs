@@ -140,24 +140,23 @@ pub struct IdleTimeout(pub Duration);
 /// refused HTTP/2 stream (hyper may already have read and sent part of the body, e.g. a gRPC
 /// message, before the upstream's REFUSED_STREAM arrived), [`Reclaim::take`] gives a body
 /// that replays what was read and then continues with the unread rest.
-///
-pub struct ReclaimableBody {
-    shared: Arc<Mutex<Reclaimed>>,
+pub struct ReclaimableBody<B = Incoming> {
+    shared: Arc<Mutex<Reclaimed<B>>>,
     /// Frames an earlier attempt read, sent first (the retry's body).
     replay: VecDeque<Frame<Bytes>>,
 }
 
 /// What a [`ReclaimableBody`] and its [`Reclaim`] share.
-struct Reclaimed {
+struct Reclaimed<B> {
     /// The client's body from where the attempts have read it so far.
-    rest: Option<Incoming>,
+    rest: Option<B>,
     /// Copies of the frames read so far; `None` once more than `MAX_RETRY_BODY` bytes were
     /// read or the handler dropped its [`Reclaim`] (nothing will be retried then).
     read: Option<Vec<Frame<Bytes>>>,
     read_bytes: u64,
 }
 
-impl Reclaimed {
+impl<B> Reclaimed<B> {
     fn keep(&mut self, frame: &Frame<Bytes>) {
         let Some(read) = self.read.as_mut() else {
             return;
@@ -179,14 +178,14 @@ impl Reclaimed {
 }
 
 /// The handler's side of a [`ReclaimableBody`].
-pub struct Reclaim {
-    shared: Arc<Mutex<Reclaimed>>,
+pub struct Reclaim<B = Incoming> {
+    shared: Arc<Mutex<Reclaimed<B>>>,
 }
 
-impl Reclaim {
+impl<B> Reclaim<B> {
     /// The body again, for one retry: what the failed attempt read, then the unread rest.
     /// `None` if the attempt read more than can be replayed.
-    pub fn take(&self) -> Option<ReclaimableBody> {
+    pub fn take(&self) -> Option<ReclaimableBody<B>> {
         let mut shared = self.shared.lock().ok()?;
         let read = shared.read.take()?;
         let rest = shared.rest.take();
@@ -201,7 +200,7 @@ impl Reclaim {
     }
 }
 
-impl Drop for Reclaim {
+impl<B> Drop for Reclaim<B> {
     fn drop(&mut self) {
         // No retry can come any more: stop keeping copies of the body.
         if let Ok(mut shared) = self.shared.lock() {
@@ -211,7 +210,7 @@ impl Drop for Reclaim {
 }
 
 /// Wraps `body` so that it can be sent again ([`Reclaim::take`]).
-pub fn reclaimable(body: Incoming) -> (ReclaimableBody, Reclaim) {
+pub fn reclaimable<B>(body: B) -> (ReclaimableBody<B>, Reclaim<B>) {
     let shared = Arc::new(Mutex::new(Reclaimed {
         rest: Some(body),
         read: Some(Vec::new()),
@@ -226,7 +225,11 @@ pub fn reclaimable(body: Incoming) -> (ReclaimableBody, Reclaim) {
     )
 }
 
-impl Body for ReclaimableBody {
+impl<B> Body for ReclaimableBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -563,5 +566,162 @@ impl<E: BodyEnd> Body for RespBody<E> {
             RespBody::Upstream { body, .. } => body.size_hint(),
             RespBody::Own { body } => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+
+    /// A body of scripted frames: `None` entries are a `Pending` (the client owes data).
+    struct Scripted(VecDeque<Option<Result<Frame<Bytes>, BoxError>>>);
+
+    impl Scripted {
+        fn data(chunks: &[&'static [u8]]) -> Scripted {
+            Scripted(
+                chunks
+                    .iter()
+                    .map(|c| Some(Ok(Frame::data(Bytes::from_static(c)))))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.pop_front() {
+                None => Poll::Ready(None),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Some(frame)) => Poll::Ready(Some(frame)),
+            }
+        }
+    }
+
+    async fn read_all<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_body_replays_what_the_failed_attempt_read_then_the_rest() {
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[b"ab", b"cd", b"ef"]));
+        // The first attempt read two frames before it failed.
+        let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cd"[..]));
+        let mut retry = reclaim.take().expect("little was read: replayable");
+        assert_eq!(read_all(&mut retry).await, b"abcdef");
+        // The first attempt's body is over once taken.
+        assert!(first.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_read_past_the_retry_limit_cannot_be_reclaimed() {
+        static BIG: [u8; 40 * 1024] = [7; 40 * 1024];
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[&BIG, &BIG, b"tail"]));
+        first.frame().await.unwrap().unwrap();
+        first.frame().await.unwrap().unwrap();
+        assert!(
+            reclaim.take().is_none(),
+            "80 KiB read is over MAX_RETRY_BODY"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_reclaim_stops_keeping_copies() {
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[b"ab", b"cd"]));
+        drop(reclaim);
+        assert_eq!(read_all(&mut first).await, b"abcd");
+        assert!(first.shared.lock().unwrap().read.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_body_fails_after_its_timeout_with_an_error_classified_as_a_stall() {
+        let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let mut body = IdleBody::new(never, Duration::from_millis(100));
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(
+            ClientBodyError::classify(error).fault(),
+            ClientFault::Stalled
+        );
+    }
+
+    #[test]
+    fn client_body_errors_are_told_apart_by_kind() {
+        let framing: BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "Invalid chunk size line",
+        ));
+        assert_eq!(
+            ClientBodyError::classify(framing).fault(),
+            ClientFault::BadFraming
+        );
+        let eof: BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "end of file before message length reached",
+        ));
+        assert_eq!(ClientBodyError::classify(eof).fault(), ClientFault::Gone);
+        let idle: BoxError = Box::new(IdleTimeout(Duration::from_secs(1)));
+        assert_eq!(
+            ClientBodyError::classify(idle).fault(),
+            ClientFault::Stalled
+        );
+    }
+
+    #[test]
+    fn the_first_fault_noted_is_kept_and_progress_tells_a_stall_from_backpressure() {
+        let cell = FaultCell::default();
+        assert_eq!(cell.get(), None);
+        cell.set(ClientFault::Gone);
+        cell.set(ClientFault::BadFraming);
+        assert_eq!(cell.get(), Some(ClientFault::Gone));
+        assert!(!cell.waiting_on_client());
+        cell.progress(WAITING_ON_CLIENT);
+        assert!(cell.waiting_on_client());
+        cell.progress(FINISHED);
+        assert!(!cell.waiting_on_client());
+    }
+
+    /// Records how a response body ended.
+    #[derive(Default)]
+    struct Ends(Vec<End>, bool);
+
+    impl BodyEnd for Ends {
+        fn trailers(&mut self, _trailers: &http::HeaderMap) {
+            self.1 = true;
+        }
+        fn finish(&mut self, end: End) {
+            self.0.push(end);
+        }
+    }
+
+    #[test]
+    fn own_bodies_need_no_record() {
+        let body: RespBody<Ends> = RespBody::own("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let empty: RespBody<Ends> = RespBody::empty();
+        assert!(empty.is_end_stream());
     }
 }
