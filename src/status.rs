@@ -257,7 +257,16 @@ pub async fn fetch_admin(
     let response = tokio::time::timeout(TIMEOUT, client.request(request))
         .await
         .map_err(|_| unreachable(format!("no answer in {} s", TIMEOUT.as_secs())))?
-        .map_err(|e| unreachable(causes(&e)))?;
+        .map_err(|e| {
+            let why = causes(&e);
+            if why.contains("certificate") {
+                anyhow!(
+                    "the admin API at {base} presented a certificate that is not trusted here ({why}): give --ca-file with the CA that signed the replica's tls.cert_file, and use the name or address the certificate is for"
+                )
+            } else {
+                unreachable(why)
+            }
+        })?;
     let code = response.status();
     let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
         .await

@@ -502,3 +502,137 @@ fn help_names_both_views() {
         assert!(out.stdout.contains(flag), "{flag} missing:\n{}", out.stdout);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_json_prints_one_status_document_a_second_until_stopped() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let broken = Upstream::start("broken").await;
+    let (_rampart, admin) =
+        Rampart::start_admin(&body(&stable, &canary, &broken), &tokens_yaml()).await;
+    let mut child = Command::new(common::RAMPART)
+        .args([
+            "status",
+            "--admin",
+            &format!("http://{admin}"),
+            "--watch",
+            "--json",
+        ])
+        .env("RAMPART_ADMIN_TOKEN", VIEWER)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rampart");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().take(3) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut documents = Vec::new();
+    for _ in 0..3 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(line)) => documents.push(line),
+            _ => break,
+        }
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(documents.len(), 3, "three redraws: {documents:?}");
+    assert!(still_running, "--watch keeps going until stopped");
+    for line in &documents {
+        let status: Status = serde_json::from_str(line).expect("each line is a Status");
+        assert_eq!(status.routes.len(), 3);
+    }
+}
+
+/// A test certificate authority and a server certificate it signed, as PEM files.
+struct Pki {
+    ca_file: std::path::PathBuf,
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+}
+
+fn pki(dir: &TempDir) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "status test CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    Pki {
+        ca_file: dir.write("ca.pem", &ca.pem()),
+        cert_file: dir.write("tls.crt", &leaf.pem()),
+        key_file: dir.write("tls.key", &leaf_key.serialize_pem()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_api_off_loopback_is_read_over_https_with_the_private_ca_given_by_ca_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("status-tls");
+    let pki = pki(&dir);
+    let tokens = dir.write("tokens.yaml", &tokens_yaml());
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stable = Upstream::start("stable").await;
+    let port = free_port();
+    let body = format!(
+        "tls: {{cert_file: {}, key_file: {}}}\nadmin_listen: 0.0.0.0:{port}\nadmin_tokens_file: {}\n{}",
+        pki.cert_file.display(),
+        pki.key_file.display(),
+        tokens.display(),
+        config("stable", &[&stable], "routes: []\n")
+    );
+    let _rampart = Rampart::start(&body).await;
+    let token = [("RAMPART_ADMIN_TOKEN", VIEWER)];
+    let https = format!("https://127.0.0.1:{port}");
+
+    let out = rampart_cli(
+        &[
+            "status",
+            "--admin",
+            &https,
+            "--ca-file",
+            pki.ca_file.to_str().unwrap(),
+            "--json",
+        ],
+        &token,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let status: Status = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(status.upstreams[0].name, "stable");
+
+    // Without the CA the certificate is not trusted; over plain HTTP nothing answers.
+    for args in [
+        vec!["status", "--admin", https.as_str()],
+        vec!["status", "--admin", &format!("http://127.0.0.1:{port}")],
+    ] {
+        let out = rampart_cli(&args, &token);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("--ca-file"),
+            "what to check: {}",
+            out.stderr
+        );
+    }
+}
