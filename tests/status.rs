@@ -1,7 +1,9 @@
 //! `rampart status --admin` (docs/status.md), black-box: the real binary serving a real
 //! admin API with an open breaker, an admin kill and a rollout paused mid-way, read by the
-//! real `rampart status` as a table and as JSON; and its one-line failures (a refused or
-//! missing token, an unreachable address, a Prometheus that is not there). The fleet view
+//! real `rampart status` as a table and as JSON; `--watch`, colours only on a terminal
+//! (`NO_COLOR` honoured), an https admin API read with `--ca-file`; and its one-line
+//! failures (a refused or missing token, an unreachable address, a Prometheus that is not
+//! there, usage errors exit 2). The fleet view
 //! against a real Prometheus is tests/deploy/test_status_fleet.py (it needs Debian's
 //! prometheus, which .ci/deploy-checks.sh installs).
 //!
@@ -635,4 +637,43 @@ async fn an_admin_api_off_loopback_is_read_over_https_with_the_private_ca_given_
             out.stderr
         );
     }
+}
+
+/// Runs `command` under a pseudo-terminal (util-linux `script`, in every Debian), so the
+/// program's stdout is a terminal; returns what it printed.
+fn on_a_terminal(command: &str, env: &[(&str, &str)]) -> String {
+    let mut c = Command::new("script");
+    c.args(["-qec", command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c
+        .output()
+        .expect("util-linux `script` is needed to give the command a terminal");
+    assert!(out.status.success(), "{command}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colours_only_on_a_terminal_and_never_with_no_color() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let broken = Upstream::start("broken").await;
+    let (_rampart, admin) =
+        Rampart::start_admin(&body(&stable, &canary, &broken), &tokens_yaml()).await;
+    let command = format!("{} status --admin http://{admin}", common::RAMPART);
+    let coloured = on_a_terminal(&command, &[("RAMPART_ADMIN_TOKEN", VIEWER)]);
+    assert!(
+        coloured.contains("\x1b[1m"),
+        "bold names on a terminal: {coloured:?}"
+    );
+    assert!(coloured.contains("checkout"));
+    let plain = on_a_terminal(
+        &command,
+        &[("RAMPART_ADMIN_TOKEN", VIEWER), ("NO_COLOR", "1")],
+    );
+    assert!(!plain.contains('\x1b'), "NO_COLOR: {plain:?}");
+    assert!(plain.contains("checkout"));
 }
