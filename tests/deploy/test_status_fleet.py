@@ -2,7 +2,8 @@
 `rampart run` replicas scraped by a real Prometheus, one held on the first rollout step and
 one moved to the second by its own verdict, one with a canary breaker open and a config
 kill. The fleet view must show the drift, the open breaker on one replica of two, the kill
-by source and two distinct config hashes, as text and as JSON.
+by source and two distinct config hashes, as text and as JSON; a selector that matches
+nothing, or that Prometheus refuses, exits 1 with one line naming --selector.
 
 Here rather than in tests/status.rs because it needs Debian's prometheus, which
 .ci/deploy-checks.sh installs before it runs these tests.
@@ -174,6 +175,20 @@ def test_status_prometheus_shows_step_drift_open_breakers_kills_and_config_hashe
     assert "step 1: 1 replica" in rollout_line and "step 2: 1 replica" in rollout_line and "DRIFT" in rollout_line, text
     assert f"broken open on 1 replica [{moving_instance}] of 2" in text, text
     assert f"config: 1 replica [{moving_instance}]" in text, text
+
+    # A selector that matches no replica, and one Prometheus refuses: one line, exit 1.
+    out = subprocess.run(
+        [str(rampart_bin), "status", "--prometheus", prom, "--selector", '{app="nope"}'],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert "check --selector" in out.stderr and "no rampart_build_info" in out.stderr, out.stderr
+    out = subprocess.run(
+        [str(rampart_bin), "status", "--prometheus", prom, "--selector", '{app=="shop"}'],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert "did not answer the query" in out.stderr and "--selector" in out.stderr, out.stderr
 
 
 def start_failing_upstream(rampart: Path, version: str, workdir: Path, extra: list[str]) -> tuple[Proc, str]:
