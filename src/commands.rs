@@ -28,6 +28,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Audit {
             command: crate::cli::AuditCommand::Verify { file, head },
         } => crate::admin_control::verify_command(&file, head.as_deref()),
+        Command::Status(args) => crate::status::run(&args),
         Command::DemoUpstream {
             listen,
             version_label,

@@ -13,6 +13,7 @@ mod fleet;
 mod logging;
 mod rollout_store;
 mod runtime;
+mod status;
 mod watch;
 
 use std::process::ExitCode;
