@@ -15,6 +15,7 @@ use rampart_admin::status;
 use rampart_admin::tokens::TokenStore;
 
 use rampart_core::clock::{Clock, SystemClock};
+use rampart_core::breaker::BreakerState;
 use rampart_core::config::{self, BackendSlot, Config, Route};
 use rampart_core::decision;
 use rampart_proxy::handler::ProxyEvent;
