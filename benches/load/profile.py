@@ -88,6 +88,21 @@ def exclusive_costs(path):
     return costs
 
 
+def latest_dump(workdir):
+    """The newest numbered callgrind dump (callgrind.out.1, .2, ...) in `workdir`."""
+    dumps = [f for f in os.listdir(workdir) if re.fullmatch(r"callgrind\.out\.\d+", f)]
+    if not dumps:
+        raise RuntimeError(f"no callgrind dump in {workdir}")
+    return os.path.join(workdir, max(dumps, key=lambda f: int(f.rsplit(".", 1)[1])))
+
+
+def dump_total(path):
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def callgrind_control(args, pid):
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
 
@@ -98,6 +113,8 @@ def main():
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--warmup", type=int, default=2000)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--idle-seconds", type=float, default=10.0,
+                    help="seconds without requests to measure the background rate (0: skip)")
     ap.add_argument("--width", type=int, default=200, help="longest function name printed")
     ap.add_argument("--rampart", default=os.path.join(driver.ROOT, "target", "release", "rampart"))
     ap.add_argument("--peers-dir", default=os.path.join(driver.ROOT, "target", "peers", "release"))
@@ -133,21 +150,33 @@ def main():
         if not driver.wait_port(port, timeout=120):
             raise RuntimeError(f"the target did not start; see {target.log_path}")
         send(port, args.warmup)
+        # Background work (timers: rollout ticks, the periodic config check, metrics) runs per
+        # second of wall time, and a run under callgrind takes 30-120 s depending on the
+        # machine's load: measure its rate with no requests, then take it out.
+        idle_rate = 0.0
+        if args.idle_seconds > 0:
+            callgrind_control(["--zero"], target.popen.pid)
+            t0 = time.monotonic()
+            time.sleep(args.idle_seconds)
+            callgrind_control(["--dump=idle"], target.popen.pid)
+            idle_rate = dump_total(latest_dump(workdir)) / (time.monotonic() - t0)
         callgrind_control(["--zero"], target.popen.pid)
         t0 = time.monotonic()
         bad = send(port, args.requests)
         elapsed = time.monotonic() - t0
         callgrind_control(["--dump=measured"], target.popen.pid)
         time.sleep(1)
-        dumps = sorted(f for f in os.listdir(workdir) if f.startswith("callgrind.out") and f != "callgrind.out")
-        if not dumps:
-            raise RuntimeError(f"no callgrind dump in {workdir}")
-        dump = os.path.join(workdir, dumps[-1])
-        text = open(dump).read()
-        m = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
-        total = int(m.group(1)) if m else 0
+        dump = latest_dump(workdir)
+        total = dump_total(dump)
         print(f"{args.target}: {args.requests} requests ({bad} not 200) in {elapsed:.1f} s under callgrind")
-        print(f"instructions per request: {total / args.requests:,.0f}")
+        print(f"instructions per request: {total / args.requests:,.0f} (all instructions of the process "
+              "while the requests ran, divided by the requests)")
+        if args.idle_seconds > 0:
+            background = idle_rate * elapsed
+            print(f"background with no requests: {idle_rate:,.0f} instructions/s over {args.idle_seconds} s, "
+                  f"i.e. {background / args.requests:,.0f} per request over this run's {elapsed:.1f} s")
+            print(f"instructions per request without the background: "
+                  f"{(total - background) / args.requests:,.0f}")
         costs = exclusive_costs(dump)
         counted = sum(costs.values())
         print(f"\n--- top functions, exclusive, summed over inlined source files "
