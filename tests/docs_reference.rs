@@ -255,7 +255,10 @@ struct Fields<'a> {
 
 impl<'de> MapAccess<'de> for Fields<'_> {
     type Error = Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         match self.fields.get(self.next) {
             Some(field) => seed
                 .deserialize(IntoDeserializer::<Error>::into_deserializer(*field))
@@ -279,7 +282,10 @@ struct SpannedRepr<'a> {
 
 impl<'de> MapAccess<'de> for SpannedRepr<'_> {
     type Error = Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         let key = match self.state {
             0 => SPANNED_MARKER,
             1 => "value",
@@ -314,7 +320,10 @@ struct Elements<'a> {
 
 impl<'de> SeqAccess<'de> for Elements<'_> {
     type Error = Error;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -335,7 +344,10 @@ struct Tuple<'a> {
 
 impl<'de> SeqAccess<'de> for Tuple<'_> {
     type Error = Error;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -353,7 +365,10 @@ struct OneEntry<'a> {
 
 impl<'de> MapAccess<'de> for OneEntry<'_> {
     type Error = Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         if self.key_given {
             return Ok(None);
         }
@@ -411,7 +426,10 @@ struct Row {
 impl Row {
     /// The code spans (`...`) of the first cell: the fields the row documents.
     fn names(&self) -> Vec<String> {
-        self.cells.first().map(|c| code_spans(c)).unwrap_or_default()
+        self.cells
+            .first()
+            .map(|c| code_spans(c))
+            .unwrap_or_default()
     }
 
     fn cell(&self, column: &str) -> Option<&str> {
@@ -603,7 +621,7 @@ fn every_config_field_is_in_the_reference() {
                         "docs/config.md:{}: the table documenting `{shown}` has no `{column}` column",
                         row.line
                     )),
-                    Some(c) if c.is_empty() => problems.push(format!(
+                    Some("") => problems.push(format!(
                         "docs/config.md:{}: `{shown}` has an empty `{column}` cell",
                         row.line
                     )),
@@ -666,7 +684,10 @@ fn every_config_field_is_in_the_reference() {
                         row.line
                     ));
                 }
-            } else if !blocks.iter().any(|(_, fields)| fields.contains(&name.as_str())) {
+            } else if !blocks
+                .iter()
+                .any(|(_, fields)| fields.contains(&name.as_str()))
+            {
                 problems.push(format!(
                     "docs/config.md:{}: `{name}` under `{}` is not a field of that block in the config model",
                     row.line, row.heading
@@ -701,7 +722,9 @@ fn the_documented_example_is_a_valid_config() {
             break;
         }
     }
-    let yaml = yaml.expect("docs/config.md has an `## Example` section with a ```yaml block");
+    let Some(yaml) = yaml else {
+        panic!("docs/config.md has no `## Example` section with a ```yaml block");
+    };
     if let Err(errors) = rampart_core::config::parse(&yaml) {
         panic!("the example in docs/config.md#example is not a valid config:\n{errors}");
     }
@@ -727,7 +750,12 @@ fn slug(heading: &str) -> String {
         if open > mid {
             break;
         }
-        text = format!("{}{}{}", &text[..open], &text[open + 1..mid], &text[close + 1..]);
+        text = format!(
+            "{}{}{}",
+            &text[..open],
+            &text[open + 1..mid],
+            &text[close + 1..]
+        );
     }
     text.to_lowercase()
         .chars()
@@ -757,7 +785,11 @@ fn anchors(text: &str) -> BTreeSet<String> {
         if let Some((_, h)) = heading_text(t) {
             let s = slug(&h);
             let n = seen.entry(s.clone()).or_insert(0);
-            out.insert(if *n == 0 { s.clone() } else { format!("{s}-{n}") });
+            out.insert(if *n == 0 {
+                s.clone()
+            } else {
+                format!("{s}-{n}")
+            });
             *n += 1;
         }
         for attr in ["id=\"", "name=\""] {
@@ -782,12 +814,19 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if path.is_dir() {
-            if !(name.starts_with('.') || name == "target" || name == "node_modules" || name == "__pycache__" || name == "venv") {
+            if !(name.starts_with('.')
+                || name == "target"
+                || name == "node_modules"
+                || name == "__pycache__"
+                || name == "venv")
+            {
                 text_files(&path, out);
             }
-        } else if ["rs", "md", "py", "sh", "yaml", "yml", "toml", "json", "tsv", "txt"]
-            .iter()
-            .any(|ext| name.ends_with(&format!(".{ext}")))
+        } else if [
+            "rs", "md", "py", "sh", "yaml", "yml", "toml", "json", "tsv", "txt",
+        ]
+        .iter()
+        .any(|ext| name.ends_with(&format!(".{ext}")))
         {
             out.push(path);
         }
@@ -858,7 +897,11 @@ fn every_cited_docs_anchor_exists() {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        let rel = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         let in_docs = rel
             .strip_prefix("docs/")
             .filter(|p| !p.contains('/'))
@@ -892,5 +935,8 @@ fn slugs_follow_github() {
     assert_eq!(slug("`health_check`"), "health_check");
     assert_eq!(slug("Exit codes"), "exit-codes");
     assert_eq!(slug("Rampart's own responses"), "ramparts-own-responses");
-    assert_eq!(slug("Fleets (`rollout.prometheus`)"), "fleets-rolloutprometheus");
+    assert_eq!(
+        slug("Fleets (`rollout.prometheus`)"),
+        "fleets-rolloutprometheus"
+    );
 }

@@ -40,8 +40,21 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
                 text_files(&path, out);
             }
         } else if [
-            "rs", "md", "py", "sh", "yaml", "yml", "toml", "json", "tsv", "txt", "tpl", "cfg",
-            "ini", "html", "Dockerfile",
+            "rs",
+            "md",
+            "py",
+            "sh",
+            "yaml",
+            "yml",
+            "toml",
+            "json",
+            "tsv",
+            "txt",
+            "tpl",
+            "cfg",
+            "ini",
+            "html",
+            "Dockerfile",
         ]
         .iter()
         .any(|ext| file.ends_with(&format!(".{ext}")) || file == *ext)
@@ -96,7 +109,11 @@ fn nothing_cites_the_old_contract() {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        let rel = file.strip_prefix(&root).unwrap_or(&file).display().to_string();
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         let code = rel.ends_with(".rs") || rel.ends_with(".py");
         for (n, line) in text.lines().enumerate() {
             for what in offences(line, code) {
@@ -119,7 +136,10 @@ fn the_check_finds_what_it_should_and_nothing_else() {
     assert_eq!(offences(&format!("the {w}.md file"), false).len(), 1);
     assert_eq!(offences(&format!("const {w}_VECTOR: &str"), true).len(), 1);
     let lower = w.to_lowercase();
-    assert_eq!(offences(&format!("fn the_{lower}_vector_line_verifies()"), true).len(), 1);
+    assert_eq!(
+        offences(&format!("fn the_{lower}_vector_line_verifies()"), true).len(),
+        1
+    );
     for fine in [
         "INSPECT SPECIAL SPECTRUM",
         "spec:",
