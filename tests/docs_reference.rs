@@ -9,6 +9,8 @@
 //!   `raw.rs` (or a block another module adds to `RawConfig`) is therefore checked without
 //!   touching this file; a row naming a field the model no longer has fails too.
 //! - The complete example in `docs/config.md#example` is a valid config.
+//! - Every metric family the code creates has a row in `docs/metrics.md`, and every row
+//!   names a family the code creates.
 //! - Every `docs/PAGE.md#anchor` cited anywhere in the repository, and every link between
 //!   the docs pages, lands on a heading or an explicit anchor that exists.
 //!
@@ -938,5 +940,73 @@ fn slugs_follow_github() {
     assert_eq!(
         slug("Fleets (`rollout.prometheus`)"),
         "fleets-rolloutprometheus"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics: every family the code registers has a row in docs/metrics.md, and back.
+// ---------------------------------------------------------------------------------------
+
+fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Metric family names in the shipped code: every family is created from a string literal
+/// `"rampart_..."` (`Opts::new(name, help)` in `crates/proxy/src/metrics.rs` and wherever
+/// another module registers its own).
+fn metric_names_in_code() -> BTreeSet<String> {
+    let root = repo();
+    let mut files = Vec::new();
+    rust_sources(&root.join("src"), &mut files);
+    for entry in std::fs::read_dir(root.join("crates"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        rust_sources(&entry.path().join("src"), &mut files);
+    }
+    let mut names = BTreeSet::new();
+    for file in files {
+        let text = read(&file);
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("\"rampart_") {
+            rest = &rest[i + 1..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if rest[name.len()..].starts_with('"') {
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_is_in_the_reference() {
+    let in_code = metric_names_in_code();
+    assert!(
+        in_code.contains("rampart_requests_total") && in_code.len() >= 15,
+        "the scan of the sources found too few metric names: {in_code:?}"
+    );
+    let text = read(&repo().join("docs/metrics.md"));
+    let documented: BTreeSet<String> = table_rows(&text)
+        .iter()
+        .flat_map(Row::names)
+        .filter(|n| n.starts_with("rampart_"))
+        .collect();
+    let missing: Vec<&String> = in_code.difference(&documented).collect();
+    let stale: Vec<&String> = documented.difference(&in_code).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/metrics.md is out of step with the code: not documented {missing:?}; documented but not in the code {stale:?}"
     );
 }
