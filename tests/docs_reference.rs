@@ -14,7 +14,10 @@
 //! - Every `docs/PAGE.md#anchor` cited anywhere in the repository, and every link between
 //!   the docs pages, lands on a heading or an explicit anchor that exists.
 //!
-//! No binary is needed: plain `cargo test --test docs_reference`.
+//! - Every command and long flag `rampart --help` shows has its section in `docs/cli.md`.
+//!
+//! Plain `cargo test --test docs_reference` (cargo builds the binary the CLI check asks for
+//! `--help`; nothing is served).
 
 use rampart_core::config::raw::RawConfig;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess};
@@ -1008,5 +1011,132 @@ fn every_metric_is_in_the_reference() {
     assert!(
         missing.is_empty() && stale.is_empty(),
         "docs/metrics.md is out of step with the code: not documented {missing:?}; documented but not in the code {stale:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line: every command and flag `--help` shows is in docs/cli.md.
+// ---------------------------------------------------------------------------------------
+
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("rampart {args:?} --help: {e}"));
+    assert!(out.status.success(), "rampart {args:?} --help failed");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The names listed under `Commands:` (without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The long flags under `Options:` (without `--help` and `--version`).
+fn long_flags(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Options:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("--"))
+                .map(|w| w.trim_end_matches(',').to_string())
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+/// The text of the `docs/cli.md` section whose heading names the command (`audit verify`,
+/// or one of the commands a heading such as `inject and injector` names), plus the text of
+/// every docs page that section links to.
+fn cli_section(cli: &str, command: &str) -> Option<String> {
+    let mut section: Option<String> = None;
+    for line in cli.lines() {
+        if let Some((level, heading)) = heading_text(line) {
+            if section.is_some() && level <= 2 {
+                break;
+            }
+            let heading = heading.replace('`', "").to_lowercase();
+            let names: Vec<&str> = heading.split(" and ").map(str::trim).collect();
+            if level == 2 && names.contains(&command) {
+                section = Some(String::new());
+            }
+            continue;
+        }
+        if let Some(s) = section.as_mut() {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    let mut text = section?;
+    let linked: Vec<(usize, String, Option<String>)> = citations(&text, Some("cli.md"));
+    for (_, page, _) in linked {
+        if page != "cli.md" {
+            if let Ok(more) = std::fs::read_to_string(repo().join("docs").join(&page)) {
+                text.push_str(&more);
+            }
+        }
+    }
+    Some(text)
+}
+
+#[test]
+fn every_command_and_flag_is_in_the_cli_reference() {
+    let cli = read(&repo().join("docs/cli.md"));
+    let mut commands: Vec<Vec<String>> = subcommands(&help(&[]))
+        .into_iter()
+        .map(|c| vec![c])
+        .collect();
+    assert!(commands.len() >= 5, "rampart --help lists too few commands");
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    while let Some(path) = commands.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let text = help(&args);
+        let nested = subcommands(&text);
+        if !nested.is_empty() {
+            for sub in nested {
+                let mut longer = path.clone();
+                longer.push(sub);
+                commands.push(longer);
+            }
+            continue;
+        }
+        let name = path.join(" ");
+        checked += 1;
+        let Some(section) = cli_section(&cli, &name) else {
+            problems.push(format!(
+                "`rampart {name}` has no `## {name}` section in docs/cli.md"
+            ));
+            continue;
+        };
+        if !cli.contains(&format!("`rampart {name}")) {
+            problems.push(format!(
+                "`rampart {name}` is not in docs/cli.md's command list"
+            ));
+        }
+        for flag in long_flags(&text) {
+            if !section.contains(&format!("`{flag}")) && !section.contains(&format!(" {flag}")) {
+                problems.push(format!(
+                    "`rampart {name} {flag}` is not documented in docs/cli.md#{} (or a page it links)",
+                    slug(&name)
+                ));
+            }
+        }
+    }
+    assert!(checked >= 6, "only {checked} commands checked");
+    assert!(
+        problems.is_empty(),
+        "docs/cli.md is out of step with `rampart --help`:\n{}",
+        problems.join("\n")
     );
 }
