@@ -4,6 +4,7 @@
 //! routes by a config that did not pass every check; a rejected file changes nothing.
 
 pub mod error;
+pub mod lenient;
 mod model;
 pub mod raw;
 mod validate;
