@@ -54,6 +54,10 @@ pub enum Command {
         /// How long the first act (split and breaker) runs, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Where the full JSON logs go: `stderr`, or a file (default: a new file in the
+        /// temporary directory, named at the end). The screen shows the table and events.
+        #[arg(long, value_name = "stderr|FILE")]
+        logs: Option<String>,
     },
     /// A tiny HTTP/1.1 upstream for demos and tests: answers every path with 200 naming its
     /// version, `/healthz` 200, and fails or slows down on demand (these flags, or at run time

@@ -191,12 +191,13 @@ fn a_missing_required_field_is_reported_once_at_its_mapping() {
 fn a_misspelt_field_gets_a_suggestion() {
     let got = lines("routes:\n  - name: r\n    split: [{backend: canary}]\n    rollout: {step: [1, 5], step_interval: 1m}\n");
     assert!(
-        got.iter()
-            .any(|l| l.contains("routes[0].rollout.step: unknown field \"step\"; did you mean \"steps\"?")),
+        got.iter().any(|l| l
+            .contains("routes[0].rollout.step: unknown field \"step\"; did you mean \"steps\"?")),
         "{got:#?}"
     );
     assert!(
-        got.iter().any(|l| l.contains("routes[0].rollout: missing field `steps`")),
+        got.iter()
+            .any(|l| l.contains("routes[0].rollout: missing field `steps`")),
         "{got:#?}"
     );
 }
@@ -219,7 +220,9 @@ fn top_level_type_errors_are_all_reported() {
         (6, "drain.delay"),
     ] {
         assert!(
-            got.iter().any(|l| l.starts_with(&format!("f.yaml:{line}:")) && l.contains(&format!(" {path}: "))),
+            got.iter()
+                .any(|l| l.starts_with(&format!("f.yaml:{line}:"))
+                    && l.contains(&format!(" {path}: "))),
             "no {path} error on line {line}:\n{e}"
         );
     }

@@ -24,7 +24,9 @@
 //! does not exist, a `0` that must be above zero) are not reported on top of the type error.
 
 use super::error::ConfigError;
-use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -612,7 +614,12 @@ impl<'a> NodeDe<'a> {
     }
 
     /// An integer of type `T`, or a report and the placeholder.
-    fn integer<T, V>(self, what: &str, visit: impl FnOnce(T) -> Result<V, DeError>, zero: T) -> Result<V, DeError>
+    fn integer<T, V>(
+        self,
+        what: &str,
+        visit: impl FnOnce(T) -> Result<V, DeError>,
+        zero: T,
+    ) -> Result<V, DeError>
     where
         T: TryFrom<i128> + Copy,
     {
@@ -804,7 +811,9 @@ impl<'de, 'a> Deserializer<'de> for NodeDe<'a> {
                 })
                 .map_err(|e| e.from(origin));
         }
-        visitor.visit_newtype_struct(self).map_err(|e| e.from(origin))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e| e.from(origin))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -826,7 +835,11 @@ impl<'de, 'a> Deserializer<'de> for NodeDe<'a> {
         self.tag(result)
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -907,7 +920,12 @@ impl<'a> NodeDe<'a> {
                                 if !fields.contains(&name) {
                                     let mut state = self.state.borrow_mut();
                                     let path = self.tree.nodes[*key].path.clone();
-                                    state.report(self.tree, *key, &path, unknown_field(name, fields));
+                                    state.report(
+                                        self.tree,
+                                        *key,
+                                        &path,
+                                        unknown_field(name, fields),
+                                    );
                                     continue;
                                 }
                             }
@@ -948,7 +966,10 @@ fn unknown_field(name: &str, fields: &[&str]) -> String {
         .min();
     match close {
         Some((_, f)) => format!("unknown field {name:?}; did you mean {f:?}?"),
-        None => format!("unknown field {name:?}; expected one of: {}", fields.join(", ")),
+        None => format!(
+            "unknown field {name:?}; expected one of: {}",
+            fields.join(", ")
+        ),
     }
 }
 
@@ -986,7 +1007,10 @@ struct Entries<'a, I> {
 impl<'de, 'a, I: Iterator<Item = (Key<'a>, Target)>> MapAccess<'de> for Entries<'a, I> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         let Some((key, value)) = self.entries.next() else {
             return Ok(None);
         };
@@ -1013,7 +1037,10 @@ struct Items<'a, I> {
 impl<'de, 'a, 'i, I: Iterator<Item = &'i NodeId>> SeqAccess<'de> for Items<'a, I> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
             Some(id) => seed.deserialize(self.de.at(Target::Node(*id))).map(Some),
             None => Ok(None),
@@ -1031,7 +1058,10 @@ struct SpanAccess<'a> {
 impl<'de, 'a> MapAccess<'de> for SpanAccess<'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         let key = match self.step {
             0 => "line",
             1 => "column",
@@ -1085,16 +1115,24 @@ mod tests {
     fn errors(text: &str) -> Vec<String> {
         let mut errors = deserialize::<Doc>(text).errors;
         errors.sort_by_key(|e| (e.line, e.column));
-        errors.iter().map(|e| e.to_string().trim().to_string()).collect()
+        errors
+            .iter()
+            .map(|e| e.to_string().trim().to_string())
+            .collect()
     }
 
     #[test]
     fn a_good_document_reads_with_positions() {
-        let out = deserialize::<Doc>("name: x\nitems:\n  - {id: 1}\n  - id: 2\n    label: yes\nmode: safe\n");
+        let out = deserialize::<Doc>(
+            "name: x\nitems:\n  - {id: 1}\n  - id: 2\n    label: yes\nmode: safe\n",
+        );
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         let doc = out.value.unwrap_or_else(|| panic!("no value"));
         assert_eq!(doc.name.value, "x");
-        assert_eq!((doc.name.referenced.line(), doc.name.referenced.column()), (1, 7));
+        assert_eq!(
+            (doc.name.referenced.line(), doc.name.referenced.column()),
+            (1, 7)
+        );
         let items = doc.items.unwrap_or_default();
         assert_eq!(items[1].referenced.line(), 4);
         // A plain `yes` is a boolean to YAML; a string field gets the text written.
@@ -1132,7 +1170,11 @@ mod tests {
         let out = deserialize::<Doc>("name: x\nname: y\n");
         assert_eq!(out.errors.len(), 1);
         assert_eq!(out.errors[0].line, 2);
-        assert!(out.errors[0].message.contains("duplicate"), "{:?}", out.errors);
+        assert!(
+            out.errors[0].message.contains("duplicate"),
+            "{:?}",
+            out.errors
+        );
         let out = deserialize::<Doc>("name: [x\n");
         assert!(out.value.is_none());
         assert_eq!(out.errors.len(), 1);

@@ -15,10 +15,10 @@
 //! and [`Percent`] do) should accept [`super::lenient`]'s placeholder in `visit_bytes`, so
 //! a bad value of it does not hide its neighbours' errors.
 
+pub use super::lenient::{Location, Spanned};
 use super::values::{DurationValue, Percent};
 use indexmap::IndexMap;
 use serde::Deserialize;
-pub use super::lenient::{Location, Spanned};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]

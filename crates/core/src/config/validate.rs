@@ -2,12 +2,12 @@
 //! all errors with their field paths and positions instead of stopping at the first.
 
 use super::error::{ConfigError, ConfigErrors};
+use super::lenient::{Location, Spanned};
 use super::model::*;
 use super::raw::*;
 use super::values::{DurationValue, Percent};
 use crate::bucket::key_prefix;
 use ipnet::IpNet;
-use super::lenient::{Location, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -243,7 +243,9 @@ mod tests {
 
     #[test]
     fn durations_outside_the_grammar_name_only_the_units_rampart_reads() {
-        for text in ["5x", "1d", "2weeks", "1.5s", "s", "", "10 s", "1h  30m", "-1s"] {
+        for text in [
+            "5x", "1d", "2weeks", "1.5s", "s", "", "10 s", "1h  30m", "-1s",
+        ] {
             let Err(e) = DurationValue::parse(text) else {
                 panic!("{text:?} was accepted");
             };
