@@ -1135,6 +1135,8 @@ mod tests {
         );
         let items = doc.items.unwrap_or_default();
         assert_eq!(items[1].referenced.line(), 4);
+        assert_eq!((items[0].value.id, items[1].value.id), (1, 2));
+        assert_eq!(doc.count, None);
         // A plain `yes` is a boolean to YAML; a string field gets the text written.
         assert_eq!(items[1].value.label.as_deref(), Some("yes"));
         assert_eq!(doc.mode, Some(Mode::Safe));
