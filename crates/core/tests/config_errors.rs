@@ -227,3 +227,21 @@ fn top_level_type_errors_are_all_reported() {
         );
     }
 }
+
+#[test]
+fn an_upstream_without_a_url_is_one_error_not_one_per_route_naming_it() {
+    let e = parse(
+        "version: 1\nupstreams:\n  stable: {url: http://127.0.0.1:3000}\n  canary: {uri: http://127.0.0.1:3001, ca_file: /x.pem}\nroutes:\n  - name: a\n    split: [{backend: canary, percent: 5}]\n  - name: b\n    split: [{backend: canary, percent: 5}]\n",
+    )
+    .err()
+    .map(|e| e.render("f.yaml"))
+    .unwrap_or_default();
+    assert_eq!(
+        e.lines().collect::<Vec<_>>(),
+        [
+            "f.yaml:4:11: upstreams.canary: missing field `url`",
+            "f.yaml:4:12: upstreams.canary.uri: unknown field \"uri\"; did you mean \"url\"?",
+        ],
+        "{e}"
+    );
+}

@@ -389,11 +389,18 @@ impl Validator {
             if !is_upstream_name(name) {
                 self.err(spanned.referenced, &path, format!("invalid upstream name {name:?}: use letters, digits, '-', '_' or '.', not starting with '_'"));
             }
-            let parsed = match parse_upstream_url(u.url.value.trim()) {
-                Ok(p) => p,
+            // A bad url is reported once; the upstream still exists by name, so the routes
+            // that name it are not reported as naming an unknown upstream.
+            let (parsed, url_ok) = match parse_upstream_url(u.url.value.trim()) {
+                Ok(p) => (p, true),
                 Err(msg) => {
                     self.err(u.url.referenced, format!("{path}.url"), msg);
-                    continue;
+                    let unknown = ParsedUrl {
+                        scheme: Scheme::Http,
+                        host: String::new(),
+                        port: 0,
+                    };
+                    (unknown, false)
                 }
             };
             let protocol = match u.protocol.as_ref().map(|p| p.value) {
@@ -401,7 +408,7 @@ impl Validator {
                 Some(RawProtocol::H2) => Protocol::H2,
                 Some(RawProtocol::H2c) => Protocol::H2c,
             };
-            if let Some(p) = &u.protocol {
+            if let Some(p) = u.protocol.as_ref().filter(|_| url_ok) {
                 if protocol == Protocol::H2 && parsed.scheme == Scheme::Http {
                     self.err(
                         p.referenced,
@@ -417,7 +424,7 @@ impl Validator {
                     );
                 }
             }
-            if u.ca_file.is_some() && parsed.scheme == Scheme::Http {
+            if u.ca_file.is_some() && url_ok && parsed.scheme == Scheme::Http {
                 self.err(
                     u.url.referenced,
                     format!("{path}.ca_file"),
