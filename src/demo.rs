@@ -293,6 +293,8 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         tick.tick().await;
         let elapsed = started.elapsed();
+        // The row describes the second just past; the canary's health changes after it.
+        let was_failing = canary_failing.load(Ordering::Relaxed);
         canary_failing.store(elapsed >= fail_at && elapsed < heal_at, Ordering::Relaxed);
         story.print_new();
         let now = (
@@ -320,7 +322,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             share(c),
             e,
             breaker_state(&runtime),
-            if canary_failing.load(Ordering::Relaxed) {
+            if was_failing {
                 "failing (500)"
             } else {
                 "healthy"

@@ -143,6 +143,8 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
             .as_ref()
             .map(|r| r.first_entry())
             .unwrap_or_default();
+        // The row describes the second just past; the canary's health changes after it.
+        let was_failing = failing.load(Ordering::Relaxed);
         if let Some(at) = degrade_at {
             if percent.buckets() >= at * 100
                 && !failing.load(Ordering::Relaxed)
@@ -175,7 +177,7 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
             percent.to_string(),
             state.status.as_str(),
             crate::demo::breaker_state(&runtime),
-            if failing.load(Ordering::Relaxed) {
+            if was_failing {
                 "failing (500)"
             } else {
                 "healthy"

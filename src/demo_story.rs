@@ -159,6 +159,36 @@ fn rollout_line(route: &str, e: &RolloutEvent) -> String {
 mod tests {
     use super::*;
     use rampart_core::breaker::WindowFigures;
+    use rampart_core::config::Percent;
+    use rampart_core::rollout::{Analysis, SideFigures, StepFigures};
+
+    #[test]
+    fn a_verdict_that_rolls_back_names_the_breaker_and_its_figures() {
+        let side = |requests, errors| SideFigures {
+            requests,
+            errors,
+            p99: None,
+        };
+        let event = RolloutEvent {
+            analysis: Analysis {
+                at: std::time::SystemTime::UNIX_EPOCH,
+                step: 1,
+                verdict: Verdict::FailBreaker,
+                figures: StepFigures {
+                    canary: side(120, 6),
+                    stable: side(400, 0),
+                    breaker_opened: true,
+                },
+            },
+            step: (1, 1),
+            status: (RolloutStatus::Progressing, RolloutStatus::Aborted),
+            percent: Percent::ZERO,
+        };
+        assert_eq!(
+            rollout_line("ramp", &event),
+            "! rollout ramp: step 2 FAILED, the canary's breaker opened (canary 120 requests, 5.0 % errors; stable 400 requests, 0.0 % errors) -> rolled back to 0 %, rollout aborted"
+        );
+    }
 
     #[test]
     fn a_breaker_opening_names_its_cause_and_next_probe() {
