@@ -1,4 +1,4 @@
-//! `rampart demo` reads like a story (docs/README and the demo section of README.md): the
+//! `rampart demo` reads like a story (README.md "Try it", docs/deploy.md#rampart-demo): the
 //! screen shows the tables and, between their rows, one human line per event that matters;
 //! no JSON log line reaches the screen; the full logs are in a file named at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

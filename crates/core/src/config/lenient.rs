@@ -1183,6 +1183,19 @@ mod tests {
     }
 
     #[test]
+    fn alias_expansion_stays_bounded() {
+        let mut text = String::from("name: x\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..6 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let out = deserialize::<Doc>(&text);
+        assert!(out.value.is_none());
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        assert!(out.errors[0].message.contains("budget"), "{:?}", out.errors);
+    }
+
+    #[test]
     fn edit_distance_counts_single_edits() {
         assert_eq!(edit_distance("retries", "retires"), 2);
         assert_eq!(edit_distance("step", "steps"), 1);
