@@ -195,6 +195,13 @@ pub fn run(seconds: u64, logs: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match &logs {
+        Logs::File(_) => println!(
+            "Rampart demo: three acts, about 45 s. The full JSON logs go to a file named at the end."
+        ),
+        Logs::Stderr => println!("Rampart demo: three acts, about 45 s. The JSON logs go to stderr."),
+    }
+    println!();
     let result = tokio.block_on(demo(Duration::from_secs(seconds.max(1))));
     crate::logging::flush();
     if let Logs::File(path) = &logs {
@@ -227,10 +234,6 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let story = crate::demo_story::Story::subscribe(&runtime.state, started);
-    println!(
-        "Rampart demo: three acts, about 45 s. The full JSON logs go to a file named at the end."
-    );
-    println!();
     println!("Act 1: a canary at 20 %, and a failure the breaker catches");
     println!("  stable upstream \"v1\"  http://{stable}");
     println!("  canary upstream \"v2\"  http://{canary}");
