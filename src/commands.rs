@@ -24,7 +24,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             identity,
             json,
         } => explain(&config, &route, &identity, json),
-        Command::Demo { seconds } => crate::demo::run(seconds),
+        Command::Demo { seconds, logs } => crate::demo::run(seconds, logs.as_deref()),
         Command::Audit {
             command: crate::cli::AuditCommand::Verify { file, head },
         } => crate::admin_control::verify_command(&file, head.as_deref()),

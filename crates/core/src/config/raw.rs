@@ -4,11 +4,21 @@
 //! never used to route: [`super::validate`] turns them into [`super::Config`]. Fields that
 //! need a semantic check keep their source position ([`Spanned`]) so the check can point at
 //! the line and column.
+//!
+//! Adding a field: declare it here as usual (`pub max_connections: Option<Spanned<u32>>`,
+//! `Option<DurationValue>`, a `#[serde(rename_all = "lowercase")]` enum, a nested
+//! `#[serde(deny_unknown_fields)]` struct), then check and convert it in `validate.rs`,
+//! reporting with the field's path. Nothing else: [`super::lenient`] reads these structs
+//! through serde, so the new field's unknown-field, wrong-type and missing-field errors are
+//! reported with the others, and a semantic error about a value already reported as
+//! malformed is left out. A new value type that parses its own text (as [`DurationValue`]
+//! and [`Percent`] do) should accept [`super::lenient`]'s placeholder in `visit_bytes`, so
+//! a bad value of it does not hide its neighbours' errors.
 
+pub use super::lenient::{Location, Spanned};
 use super::values::{DurationValue, Percent};
 use indexmap::IndexMap;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]

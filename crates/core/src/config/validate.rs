@@ -2,12 +2,12 @@
 //! all errors with their field paths and positions instead of stopping at the first.
 
 use super::error::{ConfigError, ConfigErrors};
+use super::lenient::{Location, Spanned};
 use super::model::*;
 use super::raw::*;
 use super::values::{DurationValue, Percent};
 use crate::bucket::key_prefix;
 use ipnet::IpNet;
-use serde_saphyr::{Location, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,85 +19,22 @@ const DEFAULT_POOL_MAX_IDLE: usize = 128;
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Parses and validates a config file's text.
+///
+/// Every error is returned, type errors and semantic ones together (see
+/// [`super::lenient`]); a semantic error about a value that was already reported as
+/// malformed is left out.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut read = super::lenient::deserialize::<RawConfig>(text);
     let mut v = Validator::default();
-    let config = v.config(raw);
-    if v.errors.is_empty() {
+    let config = read.value.take().and_then(|raw| v.config(raw));
+    let mut errors = std::mem::take(&mut read.errors);
+    errors.extend(v.errors.into_iter().filter(|e| !read.is_quiet(&e.path)));
+    if errors.is_empty() {
         config.ok_or_else(|| ConfigErrors(Vec::new()))
     } else {
-        let mut errors = v.errors;
         errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
+        errors.dedup();
         Err(ConfigErrors(errors))
-    }
-}
-
-fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = field_path(e.path());
-            e.into_inner()
-        })
-    });
-    result.map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = strip_position(&e.without_snippet().to_string());
-        ConfigError {
-            line,
-            column,
-            path: if path == "." { String::new() } else { path },
-            message,
-        }
-    })
-}
-
-/// The user's field path of a serde path: `routes[0].split[0].backend`.
-///
-/// [`Spanned`] nodes deserialize through an inner `value` field, which the user never
-/// wrote; such a segment is dropped unless it follows a dropped one (a real field named
-/// `value` inside a spanned node).
-fn field_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    let mut dropped_value = false;
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => {
-                out.push_str(&format!("[{index}]"));
-                dropped_value = false;
-            }
-            Segment::Map { key } if key == "value" && !dropped_value => dropped_value = true,
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-                dropped_value = false;
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-/// Drops saphyr's own position text (`line N column M:` before, `at line N, column M`
-/// after): the position is rendered separately.
-fn strip_position(message: &str) -> String {
-    let mut first = message.lines().next().unwrap_or(message).trim();
-    if let Some(rest) = first.strip_prefix("line ") {
-        if let Some((_, after)) = rest.split_once(": ") {
-            if rest.contains("column") {
-                first = after;
-            }
-        }
-    }
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
     }
 }
 
@@ -457,11 +394,18 @@ impl Validator {
             if !is_upstream_name(name) {
                 self.err(spanned.referenced, &path, format!("invalid upstream name {name:?}: use letters, digits, '-', '_' or '.', not starting with '_'"));
             }
-            let parsed = match parse_upstream_url(u.url.value.trim()) {
-                Ok(p) => p,
+            // A bad url is reported once; the upstream still exists by name, so the routes
+            // that name it are not reported as naming an unknown upstream.
+            let (parsed, url_ok) = match parse_upstream_url(u.url.value.trim()) {
+                Ok(p) => (p, true),
                 Err(msg) => {
                     self.err(u.url.referenced, format!("{path}.url"), msg);
-                    continue;
+                    let unknown = ParsedUrl {
+                        scheme: Scheme::Http,
+                        host: String::new(),
+                        port: 0,
+                    };
+                    (unknown, false)
                 }
             };
             let protocol = match u.protocol.as_ref().map(|p| p.value) {
@@ -469,7 +413,7 @@ impl Validator {
                 Some(RawProtocol::H2) => Protocol::H2,
                 Some(RawProtocol::H2c) => Protocol::H2c,
             };
-            if let Some(p) = &u.protocol {
+            if let Some(p) = u.protocol.as_ref().filter(|_| url_ok) {
                 if protocol == Protocol::H2 && parsed.scheme == Scheme::Http {
                     self.err(
                         p.referenced,
@@ -485,7 +429,7 @@ impl Validator {
                     );
                 }
             }
-            if u.ca_file.is_some() && parsed.scheme == Scheme::Http {
+            if u.ca_file.is_some() && url_ok && parsed.scheme == Scheme::Http {
                 self.err(
                     u.url.referenced,
                     format!("{path}.ca_file"),
