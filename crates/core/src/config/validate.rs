@@ -13,6 +13,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A route's backends as they are named: slot 0 is stable, then each new upstream gets the
+/// next slot.
+struct Backends(Vec<UpstreamId>);
+
+impl Backends {
+    /// The slot of `id`, added if it is new.
+    fn slot(&mut self, id: UpstreamId) -> BackendSlot {
+        match self.0.iter().position(|b| *b == id) {
+            Some(i) => BackendSlot(u8::try_from(i).unwrap_or(u8::MAX)),
+            None => {
+                self.0.push(id);
+                BackendSlot(u8::try_from(self.0.len() - 1).unwrap_or(u8::MAX))
+            }
+        }
+    }
+}
+
 /// Idle keep-alive connections kept per upstream unless `pool.max_idle` says otherwise.
 const DEFAULT_POOL_MAX_IDLE: usize = 128;
 /// How long an idle upstream connection is kept unless `pool.idle_timeout` says otherwise.
@@ -537,6 +554,7 @@ impl Validator {
         out
     }
 
+    /// Validates one route: each block by its own function, in file order of concern.
     fn route(
         &mut self,
         path: &str,
@@ -595,7 +613,72 @@ impl Validator {
             k.value.clone()
         });
         let matcher = self.matcher(path, raw.match_.as_ref());
-        let identity = match &raw.identity {
+        let identity = self.identity_sources(path, raw, at);
+        let missing_identity = match raw.missing_identity {
+            None | Some(RawMissingIdentity::Stable) => MissingIdentity::Stable,
+            Some(RawMissingIdentity::Random) => MissingIdentity::Random,
+        };
+        let fallback = match raw.fallback {
+            None | Some(RawFallback::ConnectFailure) => Fallback::ConnectFailure,
+            Some(RawFallback::Never) => Fallback::Never,
+            Some(RawFallback::Idempotent) => Fallback::Idempotent,
+        };
+        // Backends: slot 0 is stable, then split backends, then override-only backends.
+        let stable = match &raw.stable {
+            Some(s) => match ids.get(s.value.as_str()) {
+                Some(id) => Some(*id),
+                None => {
+                    self.err(
+                        s.referenced,
+                        format!("{path}.stable"),
+                        format!("unknown upstream {:?}", s.value),
+                    );
+                    None
+                }
+            },
+            None => default_upstream,
+        };
+        let mut backends = Backends(vec![stable.unwrap_or(UpstreamId(0))]);
+        let rollout = raw.rollout.as_ref().map(|r| self.rollout(path, r));
+        let split = self.split(path, raw, at, ids, kind, rollout.as_ref(), &mut backends);
+        let overrides = self.overrides(path, raw, ids, &mut backends);
+        if backends.0.len() > usize::from(u8::MAX) {
+            self.err(at, path, "too many backends on one route (255 at most)");
+        }
+        self.shape_rules(path, raw, at, kind, &split, &overrides);
+        let breaker = raw.breaker.as_ref().map(|b| self.breaker(path, b));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Route {
+            key_prefix: key_prefix(&salt),
+            name,
+            salt,
+            kind,
+            owner: raw.owner.clone(),
+            expires,
+            expires_text: raw.expires.as_ref().map(|e| e.value.trim().to_string()),
+            killed,
+            matcher,
+            identity,
+            missing_identity,
+            backends: backends.0,
+            split,
+            overrides,
+            breaker,
+            fallback,
+            rollout: rollout.filter(|r| !r.steps.is_empty()),
+        })
+    }
+
+    /// `identity:`: the sources in order (default `client_ip`).
+    fn identity_sources(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+    ) -> Vec<IdentitySource> {
+        match &raw.identity {
             None => vec![IdentitySource::ClientIp],
             Some(list) => {
                 let mut sources = Vec::new();
@@ -624,43 +707,22 @@ impl Validator {
                 }
                 sources
             }
-        };
-        let missing_identity = match raw.missing_identity {
-            None | Some(RawMissingIdentity::Stable) => MissingIdentity::Stable,
-            Some(RawMissingIdentity::Random) => MissingIdentity::Random,
-        };
-        let fallback = match raw.fallback {
-            None | Some(RawFallback::ConnectFailure) => Fallback::ConnectFailure,
-            Some(RawFallback::Never) => Fallback::Never,
-            Some(RawFallback::Idempotent) => Fallback::Idempotent,
-        };
+        }
+    }
 
-        // Backends: slot 0 is stable, then split backends, then override-only backends.
-        let stable = match &raw.stable {
-            Some(s) => match ids.get(s.value.as_str()) {
-                Some(id) => Some(*id),
-                None => {
-                    self.err(
-                        s.referenced,
-                        format!("{path}.stable"),
-                        format!("unknown upstream {:?}", s.value),
-                    );
-                    None
-                }
-            },
-            None => default_upstream,
-        };
-        let mut backends: Vec<UpstreamId> = vec![stable.unwrap_or(UpstreamId(0))];
-        let slot = |backends: &mut Vec<UpstreamId>, id: UpstreamId| -> BackendSlot {
-            match backends.iter().position(|b| *b == id) {
-                Some(i) => BackendSlot(u8::try_from(i).unwrap_or(u8::MAX)),
-                None => {
-                    backends.push(id);
-                    BackendSlot(u8::try_from(backends.len() - 1).unwrap_or(u8::MAX))
-                }
-            }
-        };
-        let rollout = raw.rollout.as_ref().map(|r| self.rollout(path, r));
+    /// `split:`: each entry's backend and percent (a rollout drives the first entry's),
+    /// the sum at most 100 %, a toggle's 0 or 100 %.
+    #[allow(clippy::too_many_arguments)]
+    fn split(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+        ids: &HashMap<&str, UpstreamId>,
+        kind: RouteKind,
+        rollout: Option<&RolloutConfig>,
+        backends: &mut Backends,
+    ) -> Vec<SplitEntry> {
         let mut split = Vec::new();
         let mut seen_split = HashSet::new();
         let mut sum: u32 = 0;
@@ -696,7 +758,6 @@ impl Validator {
                 }
                 (Some(p), false) => p.value,
                 (None, true) => rollout
-                    .as_ref()
                     .and_then(|r| r.steps.last().copied())
                     .unwrap_or(Percent::ZERO),
                 (None, false) => {
@@ -723,7 +784,7 @@ impl Validator {
                 );
             }
             split.push(SplitEntry {
-                backend: slot(&mut backends, id),
+                backend: backends.slot(id),
                 percent,
             });
         }
@@ -749,6 +810,17 @@ impl Validator {
             );
         }
 
+        split
+    }
+
+    /// `overrides:`: the force header, identity allowlists, header overrides.
+    fn overrides(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        ids: &HashMap<&str, UpstreamId>,
+        backends: &mut Backends,
+    ) -> Overrides {
         let mut overrides = Overrides::default();
         if let Some(o) = &raw.overrides {
             if let Some(f) = &o.force_header {
@@ -773,7 +845,7 @@ impl Validator {
                     );
                     continue;
                 };
-                let s = slot(&mut backends, id);
+                let s = backends.slot(id);
                 for identity in &list.value {
                     if let Some(other) = pinned.insert(identity.as_str(), backend.as_str()) {
                         if other != backend {
@@ -808,13 +880,24 @@ impl Validator {
                 overrides.headers.push(HeaderOverride {
                     name: name.to_ascii_lowercase(),
                     value: h.value.value.clone(),
-                    backend: slot(&mut backends, id),
+                    backend: backends.slot(id),
                 });
             }
         }
-        if backends.len() > usize::from(u8::MAX) {
-            self.err(at, path, "too many backends on one route (255 at most)");
-        }
+        overrides
+    }
+
+    /// The shape rules of `kind`: a gate routes by overrides only, an experiment has
+    /// variants, a rollout drives a canary's first split entry.
+    fn shape_rules(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+        kind: RouteKind,
+        split: &[SplitEntry],
+        overrides: &Overrides,
+    ) {
         match kind {
             RouteKind::Gate => {
                 if !split.is_empty() {
@@ -865,29 +948,6 @@ impl Validator {
                 );
             }
         }
-        let breaker = raw.breaker.as_ref().map(|b| self.breaker(path, b));
-        if self.errors.len() > errors_before {
-            return None;
-        }
-        Some(Route {
-            key_prefix: key_prefix(&salt),
-            name,
-            salt,
-            kind,
-            owner: raw.owner.clone(),
-            expires,
-            expires_text: raw.expires.as_ref().map(|e| e.value.trim().to_string()),
-            killed,
-            matcher,
-            identity,
-            missing_identity,
-            backends,
-            split,
-            overrides,
-            breaker,
-            fallback,
-            rollout: rollout.filter(|r| !r.steps.is_empty()),
-        })
     }
 
     fn matcher(&mut self, path: &str, raw: Option<&RawMatch>) -> RouteMatch {
@@ -1173,5 +1233,173 @@ impl Validator {
             },
             prometheus,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A config with one route whose body is `route` (indented under `- name: r`).
+    fn with_route(route: &str) -> String {
+        let body: String = route.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "version: 1\ndefault_upstream: stable\nupstreams:\n  stable: {{url: \"http://127.0.0.1:1\"}}\n  canary: {{url: \"http://127.0.0.1:2\"}}\n  blue: {{url: \"http://127.0.0.1:3\"}}\nroutes:\n  - name: r\n{body}"
+        )
+    }
+
+    /// The (path, message) of every error of a route body.
+    fn errors(route: &str) -> Vec<(String, String)> {
+        match parse(&with_route(route)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    /// Asserts a route body gives exactly one error, at `path`, containing `message`.
+    fn one_error(route: &str, path: &str, message: &str) {
+        let errors = errors(route);
+        assert_eq!(errors.len(), 1, "{route}: {errors:?}");
+        assert_eq!(errors[0].0, path, "{route}");
+        assert!(errors[0].1.contains(message), "{route}: {:?}", errors[0].1);
+    }
+
+    #[test]
+    fn identity_sources_are_checked_one_by_one() {
+        let route = parse(&with_route(
+            "identity: [header:X-User, cookie:sid, client_ip]",
+        ))
+        .unwrap();
+        assert_eq!(
+            route.routes[0].identity,
+            vec![
+                IdentitySource::Header("x-user".into()),
+                IdentitySource::Cookie("sid".into()),
+                IdentitySource::ClientIp
+            ]
+        );
+        one_error(
+            "identity: [client_ip, \"header:\"]",
+            "routes[0].identity[1]",
+            "invalid identity source",
+        );
+        one_error("identity: []", "routes[0].identity", "at least one");
+    }
+
+    #[test]
+    fn split_rules_backends_percents_sum_and_toggles() {
+        let cases = [
+            (
+                "split: [{backend: nosuch, percent: 5}]",
+                "routes[0].split[0].backend",
+                "unknown upstream",
+            ),
+            (
+                "split: [{backend: canary, percent: 5}, {backend: canary, percent: 5}]",
+                "routes[0].split[1].backend",
+                "appears twice",
+            ),
+            (
+                "split: [{backend: canary}]",
+                "routes[0].split[0].percent",
+                "required",
+            ),
+            (
+                "split: [{backend: canary, percent: 60}, {backend: blue, percent: 40.01}]",
+                "routes[0].split",
+                "100.01",
+            ),
+            (
+                "kind: toggle\nsplit: [{backend: canary, percent: 50}]",
+                "routes[0].split[0].percent",
+                "0 or 100",
+            ),
+        ];
+        for (route, path, message) in cases {
+            one_error(route, path, message);
+        }
+        let ok = parse(&with_route(
+            "split: [{backend: canary, percent: 60}, {backend: blue, percent: 40}]",
+        ))
+        .unwrap();
+        let backends = &ok.routes[0].backends;
+        assert_eq!(
+            backends.len(),
+            3,
+            "stable, then the split's backends in order"
+        );
+        assert_eq!(ok.routes[0].split[1].backend, BackendSlot(2));
+    }
+
+    #[test]
+    fn a_rollout_drives_the_first_entry_and_may_not_be_given_its_percent() {
+        let rollout = "rollout: {steps: [10, 50], step_interval: 1m}";
+        one_error(
+            &format!("split: [{{backend: canary, percent: 5}}]\n{rollout}"),
+            "routes[0].split[0].percent",
+            "rollout drives this percent",
+        );
+        one_error(
+            &format!("split: [{{backend: canary}}, {{backend: blue, percent: 60}}]\n{rollout}"),
+            "routes[0].split",
+            "with the rollout's largest step",
+        );
+        one_error(rollout, "routes[0].rollout", "add one, without a percent");
+        one_error(
+            &format!("kind: experiment\nsplit: [{{backend: canary}}]\n{rollout}"),
+            "routes[0].rollout",
+            "canary only",
+        );
+    }
+
+    #[test]
+    fn overrides_name_known_backends_and_pin_an_identity_once() {
+        let cases = [
+            (
+                "overrides: {force_header: \"bad header\"}",
+                "routes[0].overrides.force_header",
+                "invalid header name",
+            ),
+            (
+                "overrides: {identities: {nosuch: [a]}}",
+                "routes[0].overrides.identities.nosuch",
+                "unknown upstream",
+            ),
+            (
+                "overrides: {identities: {canary: [a], blue: [a]}}",
+                "routes[0].overrides.identities.blue",
+                "pinned to both",
+            ),
+            (
+                "overrides: {headers: [{name: x-e, value: \"1\", backend: nosuch}]}",
+                "routes[0].overrides.headers[0].backend",
+                "unknown upstream",
+            ),
+        ];
+        for (route, path, message) in cases {
+            one_error(route, path, message);
+        }
+        let ok = parse(&with_route("overrides: {identities: {blue: [alice]}, headers: [{name: X-E, value: \"1\", backend: canary}]}")).unwrap();
+        let r = &ok.routes[0];
+        assert_eq!(r.overrides.identities.get("alice"), Some(&BackendSlot(1)));
+        assert_eq!(r.overrides.headers[0].name, "x-e");
+        assert_eq!(
+            r.overrides.headers[0].backend,
+            BackendSlot(2),
+            "override-only backends follow"
+        );
+    }
+
+    #[test]
+    fn shapes_gate_and_experiment() {
+        one_error("kind: gate\nsplit: [{backend: canary, percent: 5}]\noverrides: {identities: {canary: [a]}}", "routes[0].split", "overrides only");
+        one_error("kind: gate", "routes[0].overrides", "at least one override");
+        one_error(
+            "kind: experiment",
+            "routes[0].split",
+            "one or more variants",
+        );
+        assert!(errors("kind: gate\noverrides: {identities: {canary: [a]}}").is_empty());
     }
 }
