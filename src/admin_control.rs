@@ -15,7 +15,9 @@ use rampart_admin::tokens::TokenStore;
 use rampart_core::breaker::BreakerState;
 use rampart_core::clock::{Clock, SystemClock};
 use rampart_core::config::{self, BackendSlot, Config, Route, UpstreamId};
-use rampart_core::decision::{self, Gates};
+use rampart_core::bucket::Bucket;
+use rampart_core::decision::{self, Decision, Gates};
+use rampart_core::matching::RequestFacts;
 use rampart_proxy::handler::{ProxyEvent, ProxyState};
 use rampart_proxy::{Snapshot, SnapshotSource};
 use serde::{Deserialize, Serialize};
@@ -461,6 +463,32 @@ fn figures_json(side: &rampart_core::rollout::SideFigures) -> Value {
     })
 }
 
+/// The decision the proxy would make now for a request on route `index` of `snapshot`
+/// with `facts` (its headers) and `identity`, without side effects: no breaker probe slot
+/// taken, no bulkhead permit, the rollout's current step applied. What the admin API's
+/// explain and OFREP flag evaluation (docs/ofrep.md) answer; `None` if there is no such
+/// route. A missing identity on a `missing_identity: random` route draws `random_bucket`.
+pub fn peek_decision<F: RequestFacts + ?Sized>(
+    state: &ProxyState,
+    snapshot: &Snapshot,
+    index: usize,
+    facts: &F,
+    identity: Option<&str>,
+    random_bucket: impl FnOnce() -> Bucket,
+) -> Option<Decision> {
+    let config = &snapshot.config;
+    let route = config.routes.get(index)?;
+    let first_entry = snapshot
+        .routes
+        .get(index)
+        .and_then(|rt| rt.rollout.as_ref())
+        .map(|r| r.first_entry());
+    let candidate =
+        decision::candidate(config, route, facts, identity, random_bucket, first_entry);
+    let gates = ReadOnlyGates { state, snapshot };
+    Some(decision::gate(index, route, candidate, &gates))
+}
+
 /// The gates as they stand, without side effects: a breaker is asked for its state, not for
 /// a probe slot, so explaining never takes one from real traffic.
 struct ReadOnlyGates<'a> {
@@ -761,11 +789,14 @@ impl AdminControl for Control {
         let state = &self.runtime.state;
         let snapshot = state.snapshot.load_full();
         let config = &snapshot.config;
-        let gates = ReadOnlyGates {
-            state,
-            snapshot: &snapshot,
-        };
-        let decided = decision::explain(config, route, identity, &gates, None)
+        let decided = config
+            .routes
+            .iter()
+            .position(|r| r.name == route)
+            .and_then(|index| {
+                let facts = decision::IdentityOnly;
+                peek_decision(state, &snapshot, index, &facts, Some(identity), || 0)
+            })
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
         let r = config
             .route(route)

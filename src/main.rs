@@ -11,6 +11,7 @@ mod demo_ramp;
 mod demo_upstream;
 mod fleet;
 mod logging;
+mod ofrep;
 mod rollout_store;
 mod runtime;
 mod watch;
