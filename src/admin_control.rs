@@ -13,9 +13,9 @@ use rampart_admin::api::{self, AdminApi, AdminControl, Caller, ControlError};
 use rampart_admin::audit::{self, rfc3339_millis, AuditLog, NewEntry};
 use rampart_admin::tokens::TokenStore;
 use rampart_core::breaker::BreakerState;
+use rampart_core::bucket::Bucket;
 use rampart_core::clock::{Clock, SystemClock};
 use rampart_core::config::{self, BackendSlot, Config, Route, UpstreamId};
-use rampart_core::bucket::Bucket;
 use rampart_core::decision::{self, Decision, Gates};
 use rampart_core::matching::RequestFacts;
 use rampart_proxy::handler::{ProxyEvent, ProxyState};
@@ -483,8 +483,7 @@ pub fn peek_decision<F: RequestFacts + ?Sized>(
         .get(index)
         .and_then(|rt| rt.rollout.as_ref())
         .map(|r| r.first_entry());
-    let candidate =
-        decision::candidate(config, route, facts, identity, random_bucket, first_entry);
+    let candidate = decision::candidate(config, route, facts, identity, random_bucket, first_entry);
     let gates = ReadOnlyGates { state, snapshot };
     Some(decision::gate(index, route, candidate, &gates))
 }

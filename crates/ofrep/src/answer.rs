@@ -178,12 +178,24 @@ mod tests {
 
     #[test]
     fn reasons_map_onto_openfeature_reasons_and_a_kill_disables_every_answer() {
-        assert_eq!(reason(&eval(1, Reason::Identity, false, false)), "TARGETING_MATCH");
-        assert_eq!(reason(&eval(1, Reason::ForceHeader, false, false)), "TARGETING_MATCH");
-        assert_eq!(reason(&eval(1, Reason::Header, false, false)), "TARGETING_MATCH");
+        assert_eq!(
+            reason(&eval(1, Reason::Identity, false, false)),
+            "TARGETING_MATCH"
+        );
+        assert_eq!(
+            reason(&eval(1, Reason::ForceHeader, false, false)),
+            "TARGETING_MATCH"
+        );
+        assert_eq!(
+            reason(&eval(1, Reason::Header, false, false)),
+            "TARGETING_MATCH"
+        );
         assert_eq!(reason(&eval(1, Reason::Split, false, false)), "SPLIT");
         assert_eq!(reason(&eval(0, Reason::Stable, false, false)), "DEFAULT");
-        assert_eq!(reason(&eval(0, Reason::BreakerOpen, false, false)), "DEFAULT");
+        assert_eq!(
+            reason(&eval(0, Reason::BreakerOpen, false, false)),
+            "DEFAULT"
+        );
         assert_eq!(reason(&eval(0, Reason::Stable, false, true)), "DISABLED");
         assert_eq!(reason(&eval(0, Reason::Killed, false, true)), "DISABLED");
     }
@@ -198,8 +210,14 @@ mod tests {
         assert_eq!(success("checkout", &off)["variant"], json!("stable"));
         let canary = eval(1, Reason::Split, false, false);
         assert_eq!(success("checkout", &canary)["value"], json!("canary"));
-        assert_eq!(success("checkout", &canary)["metadata"]["bucket"], json!(42));
-        assert_eq!(success("checkout", &canary)["metadata"]["rampartReason"], json!("split"));
+        assert_eq!(
+            success("checkout", &canary)["metadata"]["bucket"],
+            json!(42)
+        );
+        assert_eq!(
+            success("checkout", &canary)["metadata"]["rampartReason"],
+            json!("split")
+        );
     }
 
     #[test]
@@ -216,6 +234,12 @@ mod tests {
     #[test]
     fn long_keys_are_cut_when_echoed() {
         let key = "é".repeat(200);
-        assert!(failure(&key, "FLAG_NOT_FOUND", "x")["key"].as_str().unwrap().len() <= 256);
+        assert!(
+            failure(&key, "FLAG_NOT_FOUND", "x")["key"]
+                .as_str()
+                .unwrap()
+                .len()
+                <= 256
+        );
     }
 }

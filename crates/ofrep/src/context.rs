@@ -153,7 +153,13 @@ mod tests {
 
     #[test]
     fn empty_bodies_and_missing_contexts_are_empty_contexts() {
-        for body in [&b""[..], b"  ", b"{}", br#"{"context": null}"#, br#"{"context": {}}"#] {
+        for body in [
+            &b""[..],
+            b"  ",
+            b"{}",
+            br#"{"context": null}"#,
+            br#"{"context": {}}"#,
+        ] {
             let c = parse(body).unwrap();
             assert!(c.targeting_key.is_none());
             assert!(c.request.headers.is_empty());
@@ -171,13 +177,22 @@ mod tests {
     fn oversized_contexts_and_bad_targeting_keys_are_invalid_contexts() {
         let many: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("\"f{i}\": 1")).collect();
         let body = format!("{{\"context\": {{{}}}}}", many.join(","));
-        assert_eq!(parse(body.as_bytes()).unwrap_err().code(), "INVALID_CONTEXT");
+        assert_eq!(
+            parse(body.as_bytes()).unwrap_err().code(),
+            "INVALID_CONTEXT"
+        );
         let long = format!(
             "{{\"context\": {{\"targetingKey\": \"{}\"}}}}",
             "k".repeat(MAX_TARGETING_KEY + 1)
         );
-        assert_eq!(parse(long.as_bytes()).unwrap_err().code(), "INVALID_CONTEXT");
-        for body in [&br#"{"context": {"targetingKey": 7}}"#[..], br#"{"context": [1]}"#] {
+        assert_eq!(
+            parse(long.as_bytes()).unwrap_err().code(),
+            "INVALID_CONTEXT"
+        );
+        for body in [
+            &br#"{"context": {"targetingKey": 7}}"#[..],
+            br#"{"context": [1]}"#,
+        ] {
             assert_eq!(parse(body).unwrap_err().code(), "INVALID_CONTEXT");
         }
     }

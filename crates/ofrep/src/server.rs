@@ -100,9 +100,9 @@ enum BodyError {
 impl BodyError {
     fn into_context_error(self) -> ContextError {
         match self {
-            BodyError::TooLarge => ContextError::Parse(format!(
-                "the body is larger than {MAX_BODY} bytes"
-            )),
+            BodyError::TooLarge => {
+                ContextError::Parse(format!("the body is larger than {MAX_BODY} bytes"))
+            }
             BodyError::Unreadable(why) => ContextError::Parse(why),
         }
     }
