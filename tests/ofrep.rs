@@ -543,3 +543,111 @@ fn ofrep_listen_off_loopback_needs_tls() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn answers_follow_the_rollout_step_and_an_open_breaker() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let routes = "
+        ofrep_listen: 127.0.0.1:0
+        routes:
+          - name: search
+            match: {path_prefix: /search}
+            identity: [header:x-user-id]
+            split:
+              - {backend: canary}
+            rollout:
+              steps: [20, 50]
+              step_interval: 1h
+            breaker:
+              window: 30s
+              min_requests: 1000
+              max_error_rate: 0.5
+              consecutive_errors: 3
+              open_for: 1h
+              max_open_for: 1h
+        ";
+    let rampart = Rampart::start(&config("stable", &[&stable, &canary], routes)).await;
+    let flags = Flags::new(&rampart).await;
+    // The rollout's first step (20 %) drives the split, for flags as for traffic.
+    let early = find_identity("search", "r", |b| b < 2000);
+    let late = find_identity("search", "r", |b| b >= 2000);
+    let v = json_of(&flags.one("search", json!({"targetingKey": early})).await);
+    assert_eq!(
+        (v["value"].clone(), v["reason"].clone()),
+        (json!("canary"), json!("SPLIT"))
+    );
+    let v = json_of(&flags.one("search", json!({"targetingKey": late})).await);
+    assert_eq!(v["value"], "stable");
+    assert_eq!(
+        rampart
+            .get("/search", &[("x-user-id", &early)])
+            .await
+            .upstream(),
+        "canary"
+    );
+
+    // Three canary errors in a row open its breaker: the flag answers stable, DEFAULT.
+    canary.set_status(500);
+    for _ in 0..3 {
+        rampart.get("/search", &[("x-user-id", &early)]).await;
+    }
+    let text = rampart
+        .metrics_until(|t| {
+            metric_sum(
+                t,
+                "rampart_breaker_state",
+                &[
+                    ("route", "search"),
+                    ("backend", "canary"),
+                    ("state", "open"),
+                ],
+            ) == 1.0
+        })
+        .await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "rampart_breaker_state",
+            &[
+                ("route", "search"),
+                ("backend", "canary"),
+                ("state", "open")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    let v = json_of(&flags.one("search", json!({"targetingKey": early})).await);
+    assert_eq!(
+        (v["value"].clone(), v["reason"].clone()),
+        (json!("stable"), json!("DEFAULT"))
+    );
+    assert_eq!(v["metadata"]["rampartReason"], "breaker_open");
+    assert_eq!(v["metadata"]["candidate"], "canary");
+    assert_eq!(
+        rampart
+            .get("/search", &[("x-user-id", &early)])
+            .await
+            .upstream(),
+        "stable"
+    );
+}
+
+#[test]
+fn an_ofrep_listen_address_in_use_exits_3() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("ofrep-bind");
+    let file = dir.write(
+        "rampart.yaml",
+        &format!(
+            "version: 1\nlisten: 127.0.0.1:{}\nmetrics_listen: 127.0.0.1:{}\nofrep_listen: {}\ndefault_upstream: stable\nupstreams:\n  stable: {{url: \"http://127.0.0.1:9\"}}\n",
+            common::free_port(),
+            common::free_port(),
+            taken.local_addr().unwrap()
+        ),
+    );
+    let out = run_cli(&["run", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.code, Some(3), "{}", out.all());
+    assert!(out.all().contains("ofrep_listen"), "{}", out.all());
+}
