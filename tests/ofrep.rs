@@ -363,7 +363,7 @@ async fn bulk_etag_gives_304_until_a_kill_or_a_config_edit_changes_the_answers()
     let flags = Flags::new(&rampart).await;
     // An identity in stable's share: a kill does not change its backend, but it changes
     // its reason and the ETag.
-    let id = find_identity("checkout", "e", |b| b >= 3000 && b < 6000);
+    let id = find_identity("checkout", "e", |b| (3000..6000).contains(&b));
     let ctx = json!({"targetingKey": id});
 
     let first = flags.bulk(ctx.clone(), None).await;
