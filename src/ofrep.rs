@@ -134,6 +134,9 @@ impl Evaluator for LiveEvaluator {
 
     fn evaluate_all(&self, context: &EvalContext) -> Bulk {
         let snapshot = self.state.snapshot.load_full();
+        // Read before the answers: a change while they are computed then gives the next
+        // request a different tag, never the same tag over newer answers.
+        let version = state_version(&self.state, &snapshot);
         let flags = snapshot
             .config
             .routes
@@ -146,10 +149,7 @@ impl Evaluator for LiveEvaluator {
                 )
             })
             .collect();
-        Bulk {
-            flags,
-            version: state_version(&self.state, &snapshot),
-        }
+        Bulk { flags, version }
     }
 }
 
