@@ -3,9 +3,11 @@
 //! `If-None-Match`), HTTP/1.1 and h2c, TLS off loopback (docs/ofrep.md).
 //!
 //! A hostile or broken client gets a 400 that says what was wrong and the listener keeps
-//! serving: bodies are capped at [`MAX_BODY`] (by `Content-Length` before reading, then
-//! while reading), headers must arrive within 10 s, a body within 10 s, and at most
-//! [`MAX_CONNECTIONS`] connections are served at once (more wait in the accept queue).
+//! serving: at most [`MAX_BODY`] bytes of a body are kept (a larger one up to 1 MiB is read
+//! and discarded so the client gets to read its 400; a larger one still is refused by its
+//! `Content-Length` and the connection closed), headers must arrive within 10 s, a body
+//! within 10 s, and at most [`MAX_CONNECTIONS`] connections are served at once (more wait
+//! in the accept queue).
 
 use crate::answer::{self, FlagKey};
 use crate::context::{self, ContextError, MAX_BODY};
@@ -13,7 +15,7 @@ use crate::{EvalContext, Evaluator, FlagError};
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -108,6 +110,12 @@ impl BodyError {
     }
 }
 
+/// Largest body read (and discarded past [`MAX_BODY`]) before a too-large answer: a client
+/// still sending when the connection closes may never read the 400, so a body up to this
+/// size is drained first. Beyond it the connection is closed after the answer.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Reads at most [`MAX_BODY`] bytes of the body, within [`BODY_TIMEOUT`].
 async fn read_body<B>(request: Request<B>) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -118,14 +126,34 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
         return Err(BodyError::TooLarge);
     }
-    let body = Limited::new(request.into_body(), MAX_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Ok(Err(e)) => Err(BodyError::Unreadable(format!("cannot read the body: {e}"))),
+    let mut body = std::pin::pin!(request.into_body());
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let read = async {
+        while let Some(frame) = body.as_mut().frame().await {
+            let frame = frame.map_err(|e| {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                BodyError::Unreadable(format!("cannot read the body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total = total.saturating_add(data.len());
+            if total <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(())) if total > MAX_BODY => Err(BodyError::TooLarge),
+        Ok(Ok(())) => Ok(Bytes::from(kept)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(BodyError::Unreadable(
             "the body did not arrive in time".to_string(),
         )),
