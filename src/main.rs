@@ -12,6 +12,7 @@ mod demo_story;
 mod demo_upstream;
 mod fleet;
 mod logging;
+mod ofrep;
 mod rollout_store;
 mod runtime;
 mod status;

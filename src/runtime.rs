@@ -398,6 +398,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin_listen != new.admin_listen {
         changed.push("admin_listen");
     }
+    if old.ofrep_listen != new.ofrep_listen {
+        changed.push("ofrep_listen");
+    }
     if old.threads != new.threads {
         changed.push("threads");
     }
@@ -432,6 +435,8 @@ pub struct Bound {
     pub tls: Option<TlsAcceptor>,
     /// The data plane's certificate, re-read when its files change.
     pub cert: Option<Arc<ReloadingCert>>,
+    /// The OFREP flag evaluation listener, when `ofrep_listen` is set (docs/ofrep.md).
+    pub ofrep: Option<TcpListener>,
 }
 
 /// Why the listener's TLS could not be set up at start.
@@ -486,11 +491,13 @@ pub async fn bind(
             addr: config.metrics_listen,
             source,
         })?;
+    let ofrep = crate::ofrep::bind(config).await?;
     Ok(Bound {
         proxy,
         metrics,
         tls: tls.0,
         cert: tls.1,
+        ofrep,
     })
 }
 
@@ -534,6 +541,13 @@ pub async fn serve(
         crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
     });
     rampart_proxy::health::start_checkers(&runtime.state);
+    let ofrep = match bound.ofrep {
+        Some(listener) => Some(
+            crate::ofrep::spawn(&runtime, listener, bound.tls.clone())
+                .context("starting the OFREP listener")?,
+        ),
+        None => None,
+    };
     let fleet = tokio::spawn(crate::fleet::run(Arc::clone(&runtime)));
     runtime.readiness.set(true);
     tracing::info!(
@@ -609,6 +623,9 @@ pub async fn serve(
         }
     }
     fleet.abort();
+    if let Some(ofrep) = ofrep {
+        ofrep.stop().await;
+    }
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     tracing::info!("rampart stopped");

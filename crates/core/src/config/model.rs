@@ -59,6 +59,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Admin bearer tokens file.
     pub admin_tokens_file: Option<PathBuf>,
+    /// OpenFeature (OFREP) flag evaluation listener for the application; `None` disables it
+    /// (docs/ofrep.md).
+    pub ofrep_listen: Option<SocketAddr>,
     /// Where runtime state, the last good config and the audit log live.
     pub state_dir: Option<PathBuf>,
     /// Data-plane worker threads; `None` = the CPUs the process may use.

@@ -30,6 +30,7 @@ pub struct RawConfig {
     pub metrics_listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub admin_tokens_file: Option<Spanned<String>>,
+    pub ofrep_listen: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub threads: Option<Spanned<usize>>,
     pub access_log: Option<RawAccessLog>,

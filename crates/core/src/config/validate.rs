@@ -248,11 +248,24 @@ impl Validator {
                 );
             }
         }
+        let ofrep_listen = self.addr(&raw.ofrep_listen, "ofrep_listen", None);
+        if let (Some(ofrep), Some(raw_ofrep)) = (ofrep_listen, raw.ofrep_listen.as_ref()) {
+            if !ofrep.ip().is_loopback() && tls.is_none() {
+                self.err(
+                    raw_ofrep.referenced,
+                    "ofrep_listen",
+                    format!(
+                        "{ofrep} is not a loopback address: flag evaluation off loopback needs `tls`"
+                    ),
+                );
+            }
+        }
         let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
         for (name, addr, raw_addr) in [
             ("listen", listen, &raw.listen),
             ("metrics_listen", metrics_listen, &raw.metrics_listen),
             ("admin_listen", admin_listen, &raw.admin_listen),
+            ("ofrep_listen", ofrep_listen, &raw.ofrep_listen),
         ] {
             let Some(addr) = addr else { continue };
             if let Some((other, _)) = bound.iter().find(|(_, a)| {
@@ -385,6 +398,7 @@ impl Validator {
                 .admin_tokens_file
                 .as_ref()
                 .map(|s| PathBuf::from(&s.value)),
+            ofrep_listen,
             state_dir: raw.state_dir.as_ref().map(|s| PathBuf::from(&s.value)),
             threads,
             access_log_sample,
