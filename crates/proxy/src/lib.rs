@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod connection;
 pub mod facts;
 pub mod h1_inspect;
 pub mod handler;
