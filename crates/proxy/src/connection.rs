@@ -38,6 +38,8 @@ pub struct ConnWatch {
     open: AtomicUsize,
     /// When `open` last dropped to 0.
     idle_since_ms: AtomicU64,
+    /// Wakes the connection task when an HTTP/2 connection's last response ends.
+    idle: Notify,
     /// Whether the connection speaks HTTP/2 (known from its first request).
     h2: AtomicBool,
     /// HTTP/2 response bodies in flight, for the send-timeout check.
@@ -63,6 +65,7 @@ impl ConnWatch {
             first: Notify::new(),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            idle: Notify::new(),
             h2: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         }
@@ -93,6 +96,12 @@ impl ConnWatch {
             return;
         }
         notified.await;
+    }
+
+    /// Resolves when the last response of an HTTP/2 connection ends (or has ended since
+    /// the previous call).
+    pub async fn became_idle(&self) {
+        self.idle.notified().await;
     }
 
     /// Whether the connection speaks HTTP/2.
@@ -179,6 +188,9 @@ impl Drop for InFlight {
         let now = self.watch.now_ms();
         if self.watch.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.watch.idle_since_ms.store(now, Ordering::Release);
+            if self.stream.is_some() {
+                self.watch.idle.notify_one();
+            }
         }
     }
 }

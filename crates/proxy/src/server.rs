@@ -372,6 +372,7 @@ async fn serve_http<I>(
                 continue;
             }
             _ = watch.first_request(), if watch.requests() == 0 => {}
+            _ = watch.became_idle(), if !draining && watch.is_h2() => {}
             _ = &mut timer, if ticking => {}
         }
 
