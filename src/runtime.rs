@@ -497,12 +497,13 @@ pub async fn bind(
     config: &Config,
     tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
 ) -> Result<Bound, BindError> {
-    let proxy = rampart_proxy::server::bind(config.listen, config.limits.listen_backlog)
-        .map_err(|source| BindError {
+    let proxy = rampart_proxy::server::bind(config.listen, config.limits.listen_backlog).map_err(
+        |source| BindError {
             what: "listen",
             addr: config.listen,
             source,
-        })?;
+        },
+    )?;
     let metrics = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| BindError {

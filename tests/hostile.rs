@@ -106,16 +106,28 @@ async fn silent_slow_preface_and_stalled_h2_connections_are_closed_at_the_header
     }
     assert_eq!(stable.hits(), 0);
     let m = metrics_within(&rampart, |m| {
-        value(m, "rampart_client_timeouts_total", &[("timeout", "header_timeout")]) >= 4.0
+        value(
+            m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "header_timeout")],
+        ) >= 4.0
     })
     .await;
     assert!(
-        value(&m, "rampart_client_timeouts_total", &[("timeout", "header_timeout")]) >= 4.0,
+        value(
+            &m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "header_timeout")]
+        ) >= 4.0,
         "{m}"
     );
     // A closed connection is not a malformed request.
     assert_eq!(
-        value(&m, "rampart_malformed_requests_total", &[("reason", "bad_request")]),
+        value(
+            &m,
+            "rampart_malformed_requests_total",
+            &[("reason", "bad_request")]
+        ),
         0.0,
         "{m}"
     );
@@ -166,13 +178,24 @@ async fn an_idle_h2_connection_gets_goaway_after_h2_idle_timeout_and_streams_def
         .expect("the idle h2 connection was not closed within 10 s")
         .unwrap();
     assert!(ended.is_ok(), "not a graceful GOAWAY: {ended:?}");
-    assert!(after >= Duration::from_millis(900), "closed after {after:?}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
     let m = metrics_within(&rampart, |m| {
-        value(m, "rampart_client_timeouts_total", &[("timeout", "h2_idle_timeout")]) >= 1.0
+        value(
+            m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "h2_idle_timeout")],
+        ) >= 1.0
     })
     .await;
     assert_eq!(
-        value(&m, "rampart_client_timeouts_total", &[("timeout", "h2_idle_timeout")]),
+        value(
+            &m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "h2_idle_timeout")]
+        ),
         1.0,
         "{m}"
     );
@@ -194,7 +217,11 @@ async fn a_client_closing_inside_the_h2_preface_is_not_a_malformed_request() {
     .await;
     assert_eq!(value(&m, "rampart_connections_open", &[]), 0.0, "{m}");
     assert_eq!(
-        value(&m, "rampart_malformed_requests_total", &[("reason", "bad_request")]),
+        value(
+            &m,
+            "rampart_malformed_requests_total",
+            &[("reason", "bad_request")]
+        ),
         0.0,
         "{m}"
     );
@@ -213,7 +240,10 @@ async fn at_the_connection_cap_metrics_still_answer_and_accepting_resumes_when_o
     for _ in 0..4 {
         held.push(connect(rampart.addr).await);
     }
-    let m = metrics_within(&rampart, |m| value(m, "rampart_connections_open", &[]) == 4.0).await;
+    let m = metrics_within(&rampart, |m| {
+        value(m, "rampart_connections_open", &[]) == 4.0
+    })
+    .await;
     assert_eq!(value(&m, "rampart_connections_open", &[]), 4.0, "{m}");
     assert_eq!(value(&m, "rampart_connections_max", &[]), 4.0, "{m}");
 
@@ -292,7 +322,8 @@ async fn inflight(rampart: &Rampart) -> f64 {
 #[tokio::test]
 async fn an_http1_client_that_stops_reading_releases_its_upstream_slot_within_send_timeout() {
     let upstream = endless_upstream().await;
-    let body = endless_config("limits: {send_timeout: 1s}\n").replace("{ENDLESS}", &upstream.to_string());
+    let body =
+        endless_config("limits: {send_timeout: 1s}\n").replace("{ENDLESS}", &upstream.to_string());
     let rampart = Rampart::start(&body).await;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -324,7 +355,11 @@ async fn an_http1_client_that_stops_reading_releases_its_upstream_slot_within_se
         started.elapsed()
     );
     assert!(
-        value(&m, "rampart_client_timeouts_total", &[("timeout", "send_timeout")]) >= 1.0,
+        value(
+            &m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "send_timeout")]
+        ) >= 1.0,
         "{m}"
     );
     assert_eq!(inflight(&rampart).await, 0.0);
@@ -333,7 +368,8 @@ async fn an_http1_client_that_stops_reading_releases_its_upstream_slot_within_se
 #[tokio::test]
 async fn an_h2_stream_whose_window_stays_zero_releases_its_upstream_slot_within_send_timeout() {
     let upstream = endless_upstream().await;
-    let body = endless_config("limits: {send_timeout: 1s}\n").replace("{ENDLESS}", &upstream.to_string());
+    let body =
+        endless_config("limits: {send_timeout: 1s}\n").replace("{ENDLESS}", &upstream.to_string());
     let rampart = Rampart::start(&body).await;
 
     let tcp = connect(rampart.addr).await;
@@ -364,7 +400,11 @@ async fn an_h2_stream_whose_window_stays_zero_releases_its_upstream_slot_within_
         "{m}"
     );
     assert!(
-        value(&m, "rampart_client_timeouts_total", &[("timeout", "send_timeout")]) >= 1.0,
+        value(
+            &m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "send_timeout")]
+        ) >= 1.0,
         "{m}"
     );
     let _ = tokio::time::timeout(IO_TIMEOUT, connection).await;
@@ -391,7 +431,10 @@ async fn duplicate_or_missing_host_gets_400_and_reaches_no_upstream() {
         let response = conn.exchange(request).await.unwrap();
         assert_eq!(response.status, 400, "{reason}");
         assert_eq!(response.header("x-rampart-error"), Some("bad_request"));
-        assert!(conn.closed_by_peer().await, "{reason}: connection kept open");
+        assert!(
+            conn.closed_by_peer().await,
+            "{reason}: connection kept open"
+        );
     }
     // HTTP/1.0 without Host is allowed.
     let mut conn = RawConn::connect(rampart.addr).await;
@@ -401,12 +444,20 @@ async fn duplicate_or_missing_host_gets_400_and_reaches_no_upstream() {
 
     let m = rampart.metrics_text().await;
     assert_eq!(
-        value(&m, "rampart_malformed_requests_total", &[("reason", "duplicate_host")]),
+        value(
+            &m,
+            "rampart_malformed_requests_total",
+            &[("reason", "duplicate_host")]
+        ),
         2.0,
         "{m}"
     );
     assert_eq!(
-        value(&m, "rampart_malformed_requests_total", &[("reason", "missing_host")]),
+        value(
+            &m,
+            "rampart_malformed_requests_total",
+            &[("reason", "missing_host")]
+        ),
         1.0,
         "{m}"
     );
@@ -450,8 +501,7 @@ async fn check_refuses_a_non_ascii_upstream_host_that_run_could_not_serve() {
     let out = run_cli(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.all()
-            .contains(&format!("{}:5:", path.display())),
+        out.all().contains(&format!("{}:5:", path.display())),
         "{}",
         out.all()
     );
@@ -478,7 +528,12 @@ async fn check_refuses_and_run_falls_back_on_a_file_that_parses_but_cannot_be_ap
     );
     std::fs::write(&rampart.config_path, &unappliable).unwrap();
     let out = run_cli(&["check", "-c", rampart.config_path.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1), "check passed a file run cannot apply:\n{}", out.all());
+    assert_eq!(
+        out.code,
+        Some(1),
+        "check passed a file run cannot apply:\n{}",
+        out.all()
+    );
     assert!(out.all().contains("no-such-ca.pem"), "{}", out.all());
 
     rampart.signal("KILL");
@@ -505,7 +560,8 @@ async fn a_client_reading_normally_is_not_cut_by_a_short_send_timeout() {
     // The watchdog measures blocked writes only: a slow upstream (no bytes to send) and a
     // client that reads are never cut.
     let upstream = endless_upstream().await;
-    let body = endless_config("limits: {send_timeout: 300ms}\n").replace("{ENDLESS}", &upstream.to_string());
+    let body = endless_config("limits: {send_timeout: 300ms}\n")
+        .replace("{ENDLESS}", &upstream.to_string());
     let rampart = Rampart::start(&body).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
@@ -529,7 +585,11 @@ async fn a_client_reading_normally_is_not_cut_by_a_short_send_timeout() {
     drop(body);
     let m = rampart.metrics_text().await;
     assert_eq!(
-        value(&m, "rampart_client_timeouts_total", &[("timeout", "send_timeout")]),
+        value(
+            &m,
+            "rampart_client_timeouts_total",
+            &[("timeout", "send_timeout")]
+        ),
         0.0,
         "{m}"
     );

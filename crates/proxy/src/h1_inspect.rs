@@ -63,7 +63,6 @@ const MAX_HEAD_BYTES: usize = 2 * crate::server::MAX_HEADER_BYTES;
 /// incomplete, so the body after a head is rarely copied.
 const APPEND_STEP: usize = 1024;
 
-
 /// The verdicts the tracker shares with the handler of one connection.
 ///
 /// Requests are numbered 0, 1, 2, ... in the order they arrive on the connection, which is
@@ -192,7 +191,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for InspectedIo<T> {
 impl<T> InspectedIo<T> {
     /// The write watchdog: a write that made progress disarms it; one that is blocked arms
     /// it (once per blocked stretch) and fails with `TimedOut` when it fires.
-    fn watch_write<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         let Some(timeout) = self.send_timeout else {
             return polled;
         };
@@ -208,11 +211,16 @@ impl<T> InspectedIo<T> {
                 }
                 stall
             }
-            None => self.stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         self.stall_armed = true;
         if stall.as_mut().poll(cx).is_ready() {
-            self.tracker.flags.send_timed_out.store(true, Ordering::Release);
+            self.tracker
+                .flags
+                .send_timed_out
+                .store(true, Ordering::Release);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client accepted no bytes for send_timeout",
@@ -940,6 +948,74 @@ mod tests {
         inspected.shutdown().await?;
         let echoed = writer.await.map_err(io::Error::other)??;
         assert_eq!(echoed, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_the_h2_preface_is_noted_and_a_close_after_a_request_is_not(
+    ) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (sent, noted) in [
+            (&H2_PREFACE[..18], true),
+            (&H2_PREFACE[..5], true),
+            (GET, false),
+            (b"GET / HT".as_slice(), false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut inspected = InspectedIo::new(server);
+            client.write_all(sent).await?;
+            client.shutdown().await?;
+            let mut all = Vec::new();
+            inspected.read_to_end(&mut all).await?;
+            assert_eq!(
+                inspected.flags().closed_in_preface(),
+                noted,
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_write_blocked_for_the_send_timeout_fails_the_connection() -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(64);
+        let mut inspected = InspectedIo::new(server);
+        inspected.set_send_timeout(std::time::Duration::from_millis(100));
+        // The client never reads: the 64-byte pipe fills and the write blocks.
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            inspected.write_all(&[b'x'; 4096]),
+        )
+        .await
+        .map_err(|_| io::Error::other("the watchdog never fired"))?;
+        let error = written.err().map(|e| e.kind());
+        assert_eq!(error, Some(io::ErrorKind::TimedOut));
+        assert!(inspected.flags().send_timed_out());
+        drop(client);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn writes_that_progress_never_time_out() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut inspected = InspectedIo::new(server);
+        inspected.set_send_timeout(std::time::Duration::from_millis(200));
+        let reader = tokio::spawn(async move {
+            // Slower overall than the timeout, but never blocked that long at once.
+            let mut total = 0;
+            let mut buf = [0u8; 64];
+            while total < 64 * 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                total += client.read(&mut buf).await?;
+            }
+            Ok::<_, io::Error>(total)
+        });
+        inspected.write_all(&[b'x'; 64 * 20]).await?;
+        assert!(!inspected.flags().send_timed_out());
+        assert_eq!(reader.await.map_err(io::Error::other)??, 64 * 20);
         Ok(())
     }
 

@@ -175,7 +175,9 @@ pub async fn serve(
         .unwrap_or_else(default_max_connections);
     state.metrics.connections_max.set(i64::from(max));
     let slots = Arc::new(Semaphore::new(
-        usize::try_from(max).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
+        usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
     ));
     let shared = Arc::new(Shared {
         state,
