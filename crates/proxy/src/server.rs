@@ -258,7 +258,7 @@ pub async fn serve(
             peer,
             tls: shared.tls.is_some(),
         };
-        tokio::spawn(connection(
+        let task = connection(
             Arc::clone(&shared),
             builder,
             limits,
@@ -266,7 +266,9 @@ pub async fn serve(
             conn,
             accepted_at,
             permit,
-        ));
+        );
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
+        tokio::spawn(task);
     }
     Drain { tx: drain }
 }
@@ -301,25 +303,47 @@ async fn connection(
     let _permit = permit;
     let _open = OpenGuard::new(&shared.state);
     let _ = stream.set_nodelay(true);
-    let header_deadline = accepted_at + limits.header_timeout;
     match &shared.tls {
         None => serve_http(&shared, &builder, limits, stream, conn, accepted_at).await,
+        // Boxed: the TLS session and handshake state would otherwise size every
+        // connection's task, plaintext ones included.
         Some(acceptor) => {
-            let handshake_deadline = header_deadline.min(accepted_at + TLS_HANDSHAKE_TIMEOUT);
-            match tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    serve_http(&shared, &builder, limits, tls_stream, conn, accepted_at).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed")
-                }
-                Err(_) => {
-                    if handshake_deadline == header_deadline {
-                        count_timeout(&shared.state, "header_timeout");
-                    }
-                    tracing::debug!(peer = %conn.peer, "TLS handshake timed out")
-                }
+            Box::pin(serve_tls(
+                &shared,
+                acceptor,
+                &builder,
+                limits,
+                stream,
+                conn,
+                accepted_at,
+            ))
+            .await
+        }
+    }
+}
+
+/// The TLS handshake, under both its own timeout and the header deadline, then HTTP.
+async fn serve_tls(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: Limits,
+    stream: TcpStream,
+    conn: ConnInfo,
+    accepted_at: Instant,
+) {
+    let header_deadline = accepted_at + limits.header_timeout;
+    let handshake_deadline = header_deadline.min(accepted_at + TLS_HANDSHAKE_TIMEOUT);
+    match tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            serve_http(shared, builder, limits, tls_stream, conn, accepted_at).await
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            if handshake_deadline == header_deadline {
+                count_timeout(&shared.state, "header_timeout");
             }
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out")
         }
     }
 }
