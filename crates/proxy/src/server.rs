@@ -258,7 +258,7 @@ pub async fn serve(
             peer,
             tls: shared.tls.is_some(),
         };
-        let task = connection(
+        tokio::spawn(connection(
             Arc::clone(&shared),
             builder,
             limits,
@@ -266,9 +266,7 @@ pub async fn serve(
             conn,
             accepted_at,
             permit,
-        );
-        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
-        tokio::spawn(task);
+        ));
     }
     Drain { tx: drain }
 }
