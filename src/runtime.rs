@@ -132,6 +132,25 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     })
 }
 
+/// Builds, and throws away, everything `run` builds from a config before it serves: the
+/// snapshot (upstream clients: authorities, TLS roots and `ca_file`s) and the listener's
+/// TLS certificate. `check` runs it so that it refuses what `run` would refuse at start,
+/// and `run` so that a file it cannot apply sends it to the last good config.
+pub fn prepare(loaded: &Loaded) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).context("registering metrics")?;
+    Snapshot::build(
+        Arc::new(loaded.config.clone()),
+        loaded.source.clone(),
+        &metrics,
+        None,
+        &std::collections::HashMap::new(),
+    )
+    .context("building the snapshot")?;
+    tls_setup(&loaded.config)?;
+    Ok(())
+}
+
 /// The running data plane's shared pieces.
 pub struct Runtime {
     /// The proxy's state (snapshot and metrics).
@@ -410,6 +429,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.tls != new.tls {
         changed.push("tls");
     }
+    if old.limits.max_connections != new.limits.max_connections {
+        changed.push("limits.max_connections");
+    }
+    if old.limits.listen_backlog != new.limits.listen_backlog {
+        changed.push("limits.listen_backlog");
+    }
     changed
 }
 
@@ -477,13 +502,13 @@ pub async fn bind(
     config: &Config,
     tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
 ) -> Result<Bound, BindError> {
-    let proxy = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| BindError {
+    let proxy = rampart_proxy::server::bind(config.listen, config.limits.listen_backlog).map_err(
+        |source| BindError {
             what: "listen",
             addr: config.listen,
             source,
-        })?;
+        },
+    )?;
     let metrics = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| BindError {

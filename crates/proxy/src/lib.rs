@@ -11,6 +11,7 @@
 pub mod body;
 pub mod completion;
 pub mod decide;
+pub mod connection;
 pub mod facts;
 pub mod failure;
 pub mod h1_inspect;

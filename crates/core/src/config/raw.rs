@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub drain: Option<RawDrain>,
+    pub limits: Option<Spanned<RawLimits>>,
     pub default_upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub upstreams: IndexMap<String, Spanned<RawUpstream>>,
@@ -64,6 +65,18 @@ pub struct RawAccessLog {
 pub struct RawDrain {
     pub delay: Option<DurationValue>,
     pub timeout: Option<DurationValue>,
+}
+
+/// `limits:`: what clients of the data plane may hold (docs/config.md#limits).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<u32>>,
+    pub listen_backlog: Option<Spanned<u32>>,
+    pub header_timeout: Option<Spanned<DurationValue>>,
+    pub h2_idle_timeout: Option<Spanned<DurationValue>>,
+    pub send_timeout: Option<Spanned<DurationValue>>,
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
 }
 
 /// One entry of `upstreams:`.

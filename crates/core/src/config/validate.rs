@@ -174,6 +174,25 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
             "invalid url {url:?}: host and a non-zero port are required"
         ));
     }
+    if !host.is_ascii() {
+        // HTTP carries host names as ASCII: an internationalised name must be written in
+        // its IDNA form (xn--...), as DNS and the Host header know it.
+        return Err(format!(
+            "invalid url {url:?}: host {host:?} is not ASCII; write an internationalised name in its IDNA (xn--) form"
+        ));
+    }
+    let bracketed = authority.starts_with('[');
+    let allowed = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (bracketed && matches!(b, b':' | b'%'))
+    };
+    if let Some(bad) = host.bytes().find(|&b| !allowed(b)) {
+        return Err(format!(
+            "invalid url {url:?}: {:?} is not allowed in a host name",
+            char::from(bad)
+        ));
+    }
     Ok(ParsedUrl {
         scheme,
         host: host.to_ascii_lowercase(),
@@ -333,6 +352,11 @@ impl Validator {
                 Duration::from_secs(20),
             ),
         };
+        let limits = raw
+            .limits
+            .as_ref()
+            .map(|l| self.limits(&l.value))
+            .unwrap_or_default();
 
         let upstreams = self.upstreams(&raw);
         let ids: HashMap<&str, UpstreamId> = upstreams
@@ -404,10 +428,91 @@ impl Validator {
             access_log_sample,
             trusted_proxies,
             drain,
+            limits,
             default_upstream: default_upstream?,
             upstreams,
             routes,
         })
+    }
+
+    /// `limits:`; out-of-range values are errors and fall back to the default.
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let defaults = Limits::default();
+        let mut count = |value: &Option<Spanned<u32>>, name: &str, min: u32, max: u32| {
+            let v = value.as_ref()?;
+            if (min..=max).contains(&v.value) {
+                Some(v.value)
+            } else {
+                self.err(
+                    v.referenced,
+                    format!("limits.{name}"),
+                    format!("invalid {name} {}: must be {min} to {max}", v.value),
+                );
+                None
+            }
+        };
+        let max_connections = count(&raw.max_connections, "max_connections", 1, 1_000_000);
+        let listen_backlog = count(&raw.listen_backlog, "listen_backlog", 1, 65_535)
+            .unwrap_or(defaults.listen_backlog);
+        let h2_max_concurrent_streams = count(
+            &raw.h2_max_concurrent_streams,
+            "h2_max_concurrent_streams",
+            1,
+            10_000,
+        )
+        .unwrap_or(defaults.h2_max_concurrent_streams);
+        let mut span = |value: &Option<Spanned<DurationValue>>,
+                        name: &str,
+                        min: Duration,
+                        max: Duration,
+                        default: Duration| {
+            let Some(v) = value.as_ref() else {
+                return default;
+            };
+            if (min..=max).contains(&v.value.0) {
+                v.value.0
+            } else {
+                self.err(
+                    v.referenced,
+                    format!("limits.{name}"),
+                    format!(
+                        "invalid {name} {:?}: must be {} to {}",
+                        v.value.0,
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                default
+            }
+        };
+        let ms = Duration::from_millis;
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        Limits {
+            max_connections,
+            listen_backlog,
+            header_timeout: span(
+                &raw.header_timeout,
+                "header_timeout",
+                ms(100),
+                hours(1),
+                defaults.header_timeout,
+            ),
+            h2_idle_timeout: span(
+                &raw.h2_idle_timeout,
+                "h2_idle_timeout",
+                ms(100),
+                hours(24),
+                defaults.h2_idle_timeout,
+            ),
+            send_timeout: span(
+                &raw.send_timeout,
+                "send_timeout",
+                ms(100),
+                hours(1),
+                defaults.send_timeout,
+            ),
+            h2_max_concurrent_streams,
+        }
     }
 
     fn upstreams(&mut self, raw: &RawConfig) -> Vec<Upstream> {
