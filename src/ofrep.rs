@@ -6,13 +6,13 @@
 //! it can be re-pointed when that code moves. It peeks: no breaker probe slot is taken, no
 //! bulkhead permit, nothing is counted as traffic.
 
-use rampart_proxy::decide::Probe;
 use crate::runtime::{BindError, Runtime};
 use rampart_core::config::{Config, MissingIdentity, RouteKind};
 use rampart_core::decision::Decision;
 use rampart_core::identity;
 use rampart_ofrep::server::{Ofrep, OfrepMetrics};
 use rampart_ofrep::{Bulk, EvalContext, Evaluation, Evaluator, FlagError};
+use rampart_proxy::decide::Probe;
 use rampart_proxy::facts::HttpFacts;
 use rampart_proxy::handler::ProxyState;
 use rampart_proxy::Snapshot;

@@ -84,3 +84,17 @@ fn an_idna_upstream_host_is_accepted() {
     .unwrap_or_else(|e| panic!("{}", e.render("f.yaml")));
     assert_eq!(config.upstreams[1].authority, "xn--bcher-kva.example:80");
 }
+
+#[test]
+fn max_connections_may_be_written_at_the_top_level_but_not_twice() {
+    let config = parse(&format!("{BASE}max_connections: 64\n"))
+        .unwrap_or_else(|e| panic!("{}", e.render("f.yaml")));
+    assert_eq!(config.limits.max_connections, Some(64));
+    let out = rendered_errors("max_connections: 64\nlimits: {max_connections: 32}\n");
+    assert!(
+        out.contains("max_connections: also set as limits.max_connections"),
+        "{out}"
+    );
+    let out = rendered_errors("max_connections: 0\n");
+    assert!(out.contains("must be 1 to 1000000"), "{out}");
+}

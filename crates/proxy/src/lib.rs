@@ -10,8 +10,8 @@
 
 pub mod body;
 pub mod completion;
-pub mod decide;
 pub mod connection;
+pub mod decide;
 pub mod facts;
 pub mod failure;
 pub mod h1_inspect;

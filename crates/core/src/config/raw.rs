@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub drain: Option<RawDrain>,
     pub limits: Option<Spanned<RawLimits>>,
+    /// The same as `limits.max_connections`, at the top level where the name alone is
+    /// looked for; setting both is an error.
+    pub max_connections: Option<Spanned<u32>>,
     pub default_upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub upstreams: IndexMap<String, Spanned<RawUpstream>>,

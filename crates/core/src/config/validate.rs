@@ -352,11 +352,35 @@ impl Validator {
                 Duration::from_secs(20),
             ),
         };
-        let limits = raw
+        let mut limits = raw
             .limits
             .as_ref()
             .map(|l| self.limits(&l.value))
             .unwrap_or_default();
+        if let Some(top) = &raw.max_connections {
+            let in_limits = raw
+                .limits
+                .as_ref()
+                .is_some_and(|l| l.value.max_connections.is_some());
+            if in_limits {
+                self.err(
+                    top.referenced,
+                    "max_connections",
+                    "also set as limits.max_connections: keep one",
+                );
+            } else if (1..=1_000_000).contains(&top.value) {
+                limits.max_connections = Some(top.value);
+            } else {
+                self.err(
+                    top.referenced,
+                    "max_connections",
+                    format!(
+                        "invalid max_connections {}: must be 1 to 1000000",
+                        top.value
+                    ),
+                );
+            }
+        }
 
         let upstreams = self.upstreams(&raw);
         let ids: HashMap<&str, UpstreamId> = upstreams
