@@ -14,8 +14,8 @@ use rampart_admin::audit::{self, rfc3339_millis, AuditLog, NewEntry};
 use rampart_admin::status;
 use rampart_admin::tokens::TokenStore;
 
-use rampart_core::clock::{Clock, SystemClock};
 use rampart_core::breaker::BreakerState;
+use rampart_core::clock::{Clock, SystemClock};
 use rampart_core::config::{self, BackendSlot, Config, Route};
 use rampart_core::decision;
 use rampart_proxy::handler::ProxyEvent;
@@ -289,17 +289,14 @@ impl RuntimeAdmin {
                 .map(|_| tx)
         });
         let breakers = Arc::clone(&self.breakers);
-        let _ = runtime
-            .state
-            .events
-            .set(Arc::new(move |event: &ProxyEvent| {
-                remember_transition(&breakers, event);
-                if let Some(tx) = &audit_tx {
-                    let entry = breaker_entry(event);
-                    rampart_admin::audit::log_entry(&entry);
-                    let _ = tx.send(entry);
-                }
-            }));
+        runtime.state.subscribe(Arc::new(move |event: &ProxyEvent| {
+            remember_transition(&breakers, event);
+            if let Some(tx) = &audit_tx {
+                let entry = breaker_entry(event);
+                rampart_admin::audit::log_entry(&entry);
+                let _ = tx.send(entry);
+            }
+        }));
         let snapshot = runtime.state.snapshot.load_full();
         self.record(&NewEntry::new(
             "system",

@@ -1,4 +1,4 @@
-//! The command line (SPEC section 1).
+//! The command line (docs/cli.md).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The audit log (SPEC section 6).
+    /// The audit log (docs/audit.md).
     Audit {
         /// What to do with it.
         #[command(subcommand)]
@@ -54,6 +54,10 @@ pub enum Command {
         /// How long the first act (split and breaker) runs, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Where the full JSON logs go: `stderr`, or a file (default: a new file in the
+        /// temporary directory, named at the end). The screen shows the table and events.
+        #[arg(long, value_name = "stderr|FILE")]
+        logs: Option<String>,
     },
     /// What an SRE looks at in an incident: one replica from its admin API (`--admin`), or
     /// the whole fleet from Prometheus (`--prometheus --selector`). See docs/status.md.
@@ -130,7 +134,7 @@ pub enum AuditCommand {
     },
 }
 
-/// Parses the process's arguments; usage errors exit 2 (clap's convention, SPEC's too).
+/// Parses the process's arguments; usage errors exit 2 (clap's convention; docs/cli.md#exit-codes).
 pub fn parse() -> Cli {
     Cli::parse()
 }

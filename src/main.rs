@@ -1,4 +1,4 @@
-//! `rampart`: the sidecar's binary. Parses the command line (SPEC section 1) and hands each
+//! `rampart`: the sidecar's binary. Parses the command line (docs/cli.md) and hands each
 //! command to its module; only this crate uses `anyhow` and talks to the terminal.
 
 #![forbid(unsafe_code)]
@@ -8,9 +8,11 @@ mod cli;
 mod commands;
 mod demo;
 mod demo_ramp;
+mod demo_story;
 mod demo_upstream;
 mod fleet;
 mod logging;
+mod ofrep;
 mod rollout_store;
 mod runtime;
 mod status;

@@ -1,4 +1,4 @@
-//! Black-box: progressive rollouts and active health checks (SPEC section 2, issue 8),
+//! Black-box: progressive rollouts and active health checks (docs/config.md, issue 8),
 //! with second-scale step intervals against the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
