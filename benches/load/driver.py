@@ -356,6 +356,7 @@ def measure(target, lua, connections, seconds):
         "rss_mib": (max(rss_samples) if rss_samples else memory_kib(target["proc"].pids())[0]) / 1024.0,
         "hwm_mib": hwm / 1024.0,
         "requests": w["requests"],
+        "load1": os.getloadavg()[0],
         "errors": w["status_errors"] + w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["timeouts"],
     }
 
@@ -462,7 +463,7 @@ def burst(target, upstream_ports, count, settle):
     return {"before": before, "peak": peak, "after_1s": after_1s, "after_settle": after_settle,
             "settle_s": settle, "ok": outcome.get("ok", 0), "failed": outcome.get("failed", 0),
             "connect_errors": outcome.get("connect_errors", 0),
-            "request_seconds": outcome.get("request_seconds")}
+            "request_seconds": outcome.get("request_seconds"), "load1": os.getloadavg()[0]}
 
 
 def idle_connections(spec, counts, settle, log):
@@ -501,7 +502,7 @@ def idle_connections(spec, counts, settle, log):
             after = memory_kib(proc.pids())[0]
             row = {"n": n, "opened": ready["opened"], "ok": ready["ok"], "failed": ready["failed"],
                    "open_seconds": ready["seconds"], "held": held, "client_open": check["open"],
-                   "rss_kib": rss, "after_close_kib": after,
+                   "rss_kib": rss, "after_close_kib": after, "load1": os.getloadavg()[0],
                    "kib_per_conn": (rss - idle_kib) / held if held else float("nan")}
             out["counts"].append(row)
             log(f"idle {spec['key']}. {spec['label']}: {n} connections opened in {ready['seconds']} s "
@@ -592,6 +593,14 @@ def fmt(x, digits=2):
     return f"{x:.{digits}f}"
 
 
+def spread(runs, key, scale=1.0, digits=2):
+    """`min-max` of `key` over the rounds (empty with one round)."""
+    if len(runs) < 2:
+        return ""
+    lo, hi = min(r[key] for r in runs) * scale, max(r[key] for r in runs) * scale
+    return f" ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
 def medians(runs):
     return {k: statistics.median(r[k] for r in runs)
             for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_busy", "rss_mib", "hwm_mib")}
@@ -620,7 +629,8 @@ def render(args, targets, results, low, bursts, idle, meta):
                     f"(`wrk -t1 -c1`, requests one after another), {args.low_load_duration} s after a "
                     f"{args.warmup} s warm-up" if args.low_load_duration else "")
                  + f". Target pinned to CPU {TARGET_CPU}, wrk, the upstream and the connection "
-                 f"clients to CPU {LOADGEN_CPU} (`taskset`). Figures are the medians over the rounds.")
+                 f"clients to CPU {LOADGEN_CPU} (`taskset`). Figures are the medians over the rounds; "
+                 "in brackets the lowest and highest round.")
     lines.append("- CPU per request: utime + stime of every process of the target (`/proc/PID/stat`), "
                  "after minus before the run, divided by the requests wrk completed. `CPU busy` is that "
                  "CPU time over the run's wall time (1.0 = CPU 0 saturated). RSS: the largest VmRSS "
@@ -638,8 +648,8 @@ def render(args, targets, results, low, bursts, idle, meta):
         errors = sum(r["errors"] for r in runs)
         share = t.get("canary_share")
         lines.append(
-            f"| {t['key']}. {t['label']} | {d['rps']:,.0f} | {fmt(d['p50_ms'], 3)} | {fmt(d['p99_ms'], 3)} | "
-            f"{fmt(d['cpu_us_per_req'])} | {fmt(d['cpu_busy'])} | {fmt(d['rss_mib'], 1)} | {fmt(d['hwm_mib'], 1)} | "
+            f"| {t['key']}. {t['label']} | {d['rps']:,.0f} | {fmt(d['p50_ms'], 3)} | {fmt(d['p99_ms'], 3)}{spread(runs, 'p99_ms', digits=3)} | "
+            f"{fmt(d['cpu_us_per_req'])}{spread(runs, 'cpu_us_per_req')} | {fmt(d['cpu_busy'])} | {fmt(d['rss_mib'], 1)} | {fmt(d['hwm_mib'], 1)} | "
             f"{'—' if share is None else f'{share * 100:.1f} %'} | {errors} |")
     lines.append("")
     if args.low_load_duration:
@@ -653,7 +663,8 @@ def render(args, targets, results, low, bursts, idle, meta):
                 continue
             med_low[t["key"]] = d = medians(runs)
             lines.append(f"| {t['key']}. {t['label']} | {d['rps']:,.0f} | {d['p50_ms'] * 1000:.0f} | "
-                         f"{d['p99_ms'] * 1000:.0f} | {fmt(d['cpu_us_per_req'])} | {fmt(d['cpu_busy'])} | "
+                         f"{d['p99_ms'] * 1000:.0f}{spread(runs, 'p99_ms', 1000, 0)} | "
+                         f"{fmt(d['cpu_us_per_req'])}{spread(runs, 'cpu_us_per_req')} | {fmt(d['cpu_busy'])} | "
                          f"{sum(r['errors'] for r in runs)} |")
         lines.append("")
     ramparts = [t for t in targets if t["key"] >= "F"]
@@ -693,14 +704,14 @@ def render(args, targets, results, low, bursts, idle, meta):
                      "pool defaults (no idle cap, 90 s idle timeout). Two upstreams, so 256 is the cap.")
         lines.append("")
         lines.append(f"| target | answers 200 | failed | burst s | before | peak seen | after 1 s | "
-                     f"after {args.burst_settle:.0f} s |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                     f"after {args.burst_settle:.0f} s | load (1 min) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             b = bursts.get(t["key"])
             if b:
                 lines.append(f"| {t['key']}. {t['label']} | {b['ok']} | {b['failed'] + b['connect_errors']} | "
                              f"{b['request_seconds']} | {b['before']} | {b['peak']} | {b['after_1s']} | "
-                             f"{b['after_settle']} |")
+                             f"{b['after_settle']} | {fmt(b.get('load1', float('nan')))} |")
         lines.append("")
     if idle:
         lines.append("### Idle keep-alive connections")
@@ -721,8 +732,8 @@ def render(args, targets, results, low, bursts, idle, meta):
         for n in args.idle_counts:
             head += f" {n:,}: held | {n:,}: RSS MiB | {n:,}: KiB per conn. | {n:,}: RSS after close MiB |"
             rule += "---:|---:|---:|---:|"
-        lines.append(head + " back within 10 % of idle |")
-        lines.append(rule + "---|")
+        lines.append(head + " back within 10 % of idle | load (1 min) |")
+        lines.append(rule + "---|---:|")
         for it in idle:
             row = f"| {it['key']}. {it['label']} | {it['idle_kib'] / 1024:.1f} |"
             for c in it["counts"]:
@@ -732,6 +743,7 @@ def render(args, targets, results, low, bursts, idle, meta):
             back = last and last["after_close_kib"] <= 1.1 * it["idle_kib"]
             row += (f" {'yes' if back else '**no**'} ({last['after_close_kib'] / it['idle_kib']:.2f}x) |"
                     if last else " — |")
+            row += " " + " / ".join(fmt(c.get("load1", float("nan"))) for c in it["counts"]) + " |"
             lines.append(row)
         lines.append("")
     r = med.get("F")
@@ -764,8 +776,8 @@ def render(args, targets, results, low, bursts, idle, meta):
         lines.append("")
     lines.append("<details><summary>Every run (round by round)</summary>")
     lines.append("")
-    lines.append("| round | target | connections | req/s | p50 ms | p99 ms | CPU µs/req | CPU busy | RSS MiB | requests | errors |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| round | target | connections | req/s | p50 ms | p99 ms | CPU µs/req | CPU busy | RSS MiB | requests | errors | load (1 min) |")
+    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i in range(args.rounds):
         for t in targets:
             for conns, runs in ((args.connections, results[t["key"]]), (1, low.get(t["key"], []))):
@@ -773,7 +785,8 @@ def render(args, targets, results, low, bursts, idle, meta):
                     x = runs[i]
                     lines.append(f"| {i + 1} | {t['key']}. {t['label']} | {conns} | {x['rps']:,.0f} | "
                                  f"{fmt(x['p50_ms'], 3)} | {fmt(x['p99_ms'], 3)} | {fmt(x['cpu_us_per_req'])} | "
-                                 f"{fmt(x['cpu_busy'])} | {fmt(x['rss_mib'], 1)} | {x['requests']} | {x['errors']} |")
+                                 f"{fmt(x['cpu_busy'])} | {fmt(x['rss_mib'], 1)} | {x['requests']} | {x['errors']} | "
+                                 f"{fmt(x.get('load1', float('nan')))} |")
     lines.append("")
     lines.append("</details>")
     lines.append("")
@@ -993,7 +1006,7 @@ def main():
                 results[t["key"]].append(r)
                 print(f"round {rnd + 1} {t['key']}. {t['label']}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.3f} ms, "
                       f"p99 {r['p99_ms']:.3f} ms, {r['cpu_us_per_req']:.2f} us CPU/req (busy {r['cpu_busy']:.2f}), "
-                      f"RSS {r['rss_mib']:.1f} MiB, errors {r['errors']}", flush=True)
+                      f"RSS {r['rss_mib']:.1f} MiB, errors {r['errors']}, load {r['load1']:.2f}", flush=True)
                 if args.low_load_duration:
                     # Low load: one connection, each request sent when the previous answer came.
                     warm = run_wrk(t["port"], lua, 1, args.warmup)
@@ -1002,7 +1015,8 @@ def main():
                     low[t["key"]].append(r)
                     print(f"round {rnd + 1} {t['key']}. 1 connection: {r['rps']:,.0f} req/s, "
                           f"p50 {r['p50_ms'] * 1000:.0f} us, p99 {r['p99_ms'] * 1000:.0f} us, "
-                          f"{r['cpu_us_per_req']:.2f} us CPU/req (busy {r['cpu_busy']:.2f}), errors {r['errors']}",
+                          f"{r['cpu_us_per_req']:.2f} us CPU/req (busy {r['cpu_busy']:.2f}), errors {r['errors']}, "
+                          f"load {r['load1']:.2f}",
                           flush=True)
         load_rounds_end = "/".join(f"{x:.2f}" for x in os.getloadavg())
         bursts = {}
