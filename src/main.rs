@@ -10,6 +10,8 @@ mod demo;
 mod demo_ramp;
 mod demo_upstream;
 mod fleet;
+mod inject_cmd;
+mod injector;
 mod logging;
 mod rollout_store;
 mod runtime;

@@ -33,6 +33,14 @@ pub enum LoadError {
         /// The file.
         path: String,
     },
+    /// A listener override in the environment (docs/inject.md#ports) is not an address.
+    #[error("{var}={value:?}: not a listen address (host:port)")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// The file parsed or validated with errors.
     #[error("{}", .errors.render(.path))]
     Invalid {
@@ -118,10 +126,11 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
         path: display.clone(),
     })?;
-    let config = config::parse(text).map_err(|errors| LoadError::Invalid {
+    let mut config = config::parse(text).map_err(|errors| LoadError::Invalid {
         path: display.clone(),
         errors,
     })?;
+    apply_listen_overrides(&mut config)?;
     Ok(Loaded {
         config,
         source: SnapshotSource {
@@ -130,6 +139,26 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
         },
         bytes,
     })
+}
+
+/// `RAMPART_LISTEN` and `RAMPART_METRICS_LISTEN`, when set, replace the file's `listen` and
+/// `metrics_listen`: the injected sidecar's ports are decided by its pod spec, whatever the
+/// ConfigMap says (docs/inject.md#ports). Applied to every load, so reloads compare like
+/// with like.
+fn apply_listen_overrides(config: &mut Config) -> Result<(), LoadError> {
+    for (var, slot) in [
+        ("RAMPART_LISTEN", &mut config.listen),
+        ("RAMPART_METRICS_LISTEN", &mut config.metrics_listen),
+    ] {
+        if let Some(value) = std::env::var_os(var) {
+            let value = value.to_string_lossy().into_owned();
+            *slot = value
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| LoadError::Env { var, value })?;
+        }
+    }
+    Ok(())
 }
 
 /// The running data plane's shared pieces.
