@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,6 +31,10 @@ use tokio_rustls::TlsAcceptor;
 /// Largest AdmissionReview accepted. The API server's own request limit is 3 MiB; a pod is
 /// far smaller. Bigger bodies get 413 before they are read.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Past this many bytes an oversized body is no longer read: the connection is closed.
+const DRAIN_MAX: usize = 64 * 1024 * 1024;
+/// Longest the body of one request may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit code when the listener cannot bind.
 const EXIT_BIND: u8 = 3;
 /// How often the certificate files are checked besides the file watch.
@@ -275,25 +279,43 @@ async fn mutate(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             format!("AdmissionReview larger than {MAX_BODY} bytes"),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    // An oversized body is read to its end and dropped (bounded in size and time) before
+    // the 413, so the client sees the answer instead of a reset mid-upload.
+    let mut body = req.into_body();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen: usize = 0;
+    let read = tokio::time::timeout(BODY_TIMEOUT, async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > DRAIN_MAX {
+                    break;
+                }
+                if seen <= MAX_BODY {
+                    kept.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            state.admissions.with_label_values(&["error"]).inc();
+            return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"));
+        }
+        Err(_) => {
+            state.admissions.with_label_values(&["error"]).inc();
+            return text(StatusCode::REQUEST_TIMEOUT, "the body took too long");
+        }
+    }
+    if seen > MAX_BODY {
         state.admissions.with_label_values(&["error"]).inc();
         return too_big();
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            state.admissions.with_label_values(&["error"]).inc();
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return too_big();
-            }
-            return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"));
-        }
-    };
+    let body = Bytes::from(kept);
     let started = Instant::now();
     let (status, answer, result) = review(&state.options, &body);
     state.admissions.with_label_values(&[result]).inc();
