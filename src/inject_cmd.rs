@@ -73,7 +73,10 @@ pub fn run(
                 }
             }
             Err(e) => {
-                eprintln!("rampart inject: {}:{}: cannot write YAML: {e}", doc.source, doc.line);
+                eprintln!(
+                    "rampart inject: {}:{}: cannot write YAML: {e}",
+                    doc.source, doc.line
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -83,7 +86,11 @@ pub fn run(
         let _ = writeln!(stderr, "{m}");
     }
     let mut stdout = std::io::stdout().lock();
-    if stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+    if stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -215,7 +222,13 @@ fn config_maps(docs: &[Document]) -> HashMap<String, Value> {
     };
     for d in docs {
         visit(&d.value);
-        for item in d.value.get("items").and_then(Value::as_array).into_iter().flatten() {
+        for item in d
+            .value
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             visit(item);
         }
     }
@@ -273,7 +286,9 @@ fn transform(
             value.clone()
         }
         Ok(Outcome::Unchanged) => {
-            if inject::template_path(value.get("kind").and_then(Value::as_str).unwrap_or("")).is_some() {
+            if inject::template_path(value.get("kind").and_then(Value::as_str).unwrap_or(""))
+                .is_some()
+            {
                 messages.push(format!("{name}: unchanged: already injected"));
             }
             value.clone()

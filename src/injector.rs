@@ -15,7 +15,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use rampart_inject::{self as inject, Options, Outcome};
 use rampart_proxy::tls::ReloadingCert;
 use serde_json::{json, Value};
@@ -80,7 +82,9 @@ impl State {
                 "rampart_injector_admission_duration_seconds",
                 "Time to answer an AdmissionReview, from the full body read to the answer.",
             )
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1]),
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+            ]),
             &["result"],
         )?;
         registry.register(Box::new(admissions.clone()))?;
@@ -226,7 +230,9 @@ fn reload_cert(cert: &ReloadingCert) {
     match cert.reload() {
         Ok(true) => tracing::info!(cert = %cert.files().0.display(), "TLS certificate reloaded"),
         Ok(false) => {}
-        Err(e) => tracing::error!(error = %e, "new TLS certificate refused; the old one keeps serving"),
+        Err(e) => {
+            tracing::error!(error = %e, "new TLS certificate refused; the old one keeps serving")
+        }
     }
 }
 
@@ -268,7 +274,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: the webhook is POST /mutate"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: the webhook is POST /mutate",
+        ),
     }
 }
 
@@ -304,7 +313,10 @@ async fn mutate(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             state.admissions.with_label_values(&["error"]).inc();
-            return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"));
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
         }
         Err(_) => {
             state.admissions.with_label_values(&["error"]).inc();
@@ -344,7 +356,10 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
     let Ok(review) = serde_json::from_slice::<Value>(body) else {
         return bad("the body is not JSON: expected an admission.k8s.io/v1 AdmissionReview".into());
     };
-    let api_version = review.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = review
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = review.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
         return bad(format!(
@@ -366,11 +381,16 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
         }
         (
             StatusCode::OK,
-            Ok(json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})),
+            Ok(
+                json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+            ),
             result,
         )
     };
-    let operation = request.get("operation").and_then(Value::as_str).unwrap_or("");
+    let operation = request
+        .get("operation")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let Some(object) = request.get("object").filter(|o| o.is_object()) else {
         return respond(json!({}), "skipped");
     };
@@ -398,7 +418,10 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
             if reason.starts_with("opted out") {
                 respond(json!({}), "skipped")
             } else {
-                respond(json!({"warnings": [format!("rampart: skipped: {reason}")]}), "skipped")
+                respond(
+                    json!({"warnings": [format!("rampart: skipped: {reason}")]}),
+                    "skipped",
+                )
             }
         }
         Ok(Outcome::Unchanged) => respond(json!({}), "skipped"),
@@ -441,7 +464,14 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64_encode(i.as_bytes()), o);
         }
     }

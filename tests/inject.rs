@@ -65,7 +65,7 @@ fn docs(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
-fn pod_spec<'a>(obj: &'a Value) -> &'a Value {
+fn pod_spec(obj: &Value) -> &Value {
     match obj["kind"].as_str().unwrap() {
         "Pod" => &obj["spec"],
         "CronJob" => &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
@@ -182,7 +182,9 @@ fn injecting_the_output_again_changes_nothing() {
     let twice = inject(&[], &once.stdout);
     assert_eq!(twice.code, 0);
     assert_eq!(twice.stdout, once.stdout);
-    assert!(twice.stderr.contains("Deployment/shop: unchanged: already injected"));
+    assert!(twice
+        .stderr
+        .contains("Deployment/shop: unchanged: already injected"));
 }
 
 #[test]
@@ -245,7 +247,12 @@ fn statefulset_cronjob_pod_and_a_list_are_injected_and_other_kinds_pass_through(
     // 1.30 with a named port taken over: a plain container (kubernetes#127958).
     let (_, list) = sidecar(&items[0]).unwrap();
     assert_eq!(list, "containers");
-    assert!(run.stderr.contains("StatefulSet/db: warning: plain sidecar container"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("StatefulSet/db: warning: plain sidecar container"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(items[1], docs(&input)[0]["items"][1]);
     // A CronJob without a port to take over keeps the native sidecar so its Jobs finish.
     let (_, list) = sidecar(&out[1]).unwrap();
@@ -301,15 +308,25 @@ fn opted_out_host_network_and_unconfigured_pods_are_skipped_with_one_line_each()
     assert_eq!(docs(&run.stdout), docs(&input));
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert_eq!(lines[0], "Deployment/quiet: skipped: opted out (rampart.dev/inject: disabled)");
+    assert_eq!(
+        lines[0],
+        "Deployment/quiet: skipped: opted out (rampart.dev/inject: disabled)"
+    );
     assert_eq!(lines[1], "DaemonSet/node: skipped: hostNetwork");
-    assert!(lines[2].starts_with("ReplicaSet/bare: skipped: no ConfigMap"), "{}", lines[2]);
+    assert!(
+        lines[2].starts_with("ReplicaSet/bare: skipped: no ConfigMap"),
+        "{}",
+        lines[2]
+    );
 }
 
 #[test]
 fn input_that_is_not_kubernetes_yaml_exits_1_naming_the_file_and_line() {
     let dir = TempDir::new("inject-bad");
-    let good = dir.write("good.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n");
+    let good = dir.write(
+        "good.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+    );
     let bad = dir.write(
         "bad.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# comment\nhello: world\n",
@@ -317,15 +334,24 @@ fn input_that_is_not_kubernetes_yaml_exits_1_naming_the_file_and_line() {
     let broken = dir.write("broken.yaml", "apiVersion: v1\nkind: [\n");
     let run = inject(&[good.to_str().unwrap(), bad.to_str().unwrap()], "");
     assert_eq!(run.code, 1);
-    assert!(run.stdout.is_empty(), "nothing is written when the input is refused");
     assert!(
-        run.stderr.contains(&format!("{}:5: not a Kubernetes object", bad.display())),
+        run.stdout.is_empty(),
+        "nothing is written when the input is refused"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("{}:5: not a Kubernetes object", bad.display())),
         "{}",
         run.stderr
     );
     let run = inject(&[broken.to_str().unwrap()], "");
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains(&format!("{}:2: not YAML", broken.display())), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{}:2: not YAML", broken.display())),
+        "{}",
+        run.stderr
+    );
     let run = inject(&[], "just a string\n");
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("-:1:"), "{}", run.stderr);
@@ -340,12 +366,22 @@ fn input_that_is_not_kubernetes_yaml_exits_1_naming_the_file_and_line() {
 #[tokio::test]
 async fn the_injected_sidecar_started_as_its_pod_spec_says_listens_on_the_declared_ports() {
     let app = Upstream::start("app").await;
-    let app_port: u16 = app.url().rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let app_port: u16 = app
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     let (proxy_port, metrics_port) = (free_port(), free_port());
     let annotations = format!(
         "rampart.dev/proxy-port: \"{proxy_port}\"\n                rampart.dev/metrics-port: \"{metrics_port}\""
     );
-    let cm = SERVICE_AND_CONFIGMAP.replace("http://127.0.0.1:8080", &format!("http://127.0.0.1:{app_port}"));
+    let cm = SERVICE_AND_CONFIGMAP.replace(
+        "http://127.0.0.1:8080",
+        &format!("http://127.0.0.1:{app_port}"),
+    );
     let run = inject(&[], &format!("{}---{cm}", shop(app_port, &annotations)));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
@@ -368,15 +404,30 @@ async fn the_injected_sidecar_started_as_its_pod_spec_says_listens_on_the_declar
     let map = |s: &str| -> String {
         let mut s = s.to_string();
         for m in c["volumeMounts"].as_array().unwrap() {
-            let to = if m["name"] == "rampart-config" { &config_dir } else { &state_dir };
+            let to = if m["name"] == "rampart-config" {
+                &config_dir
+            } else {
+                &state_dir
+            };
             s = s.replace(m["mountPath"].as_str().unwrap(), to.to_str().unwrap());
         }
         s
     };
-    assert!(c.get("command").is_none(), "the image's entrypoint is the binary");
-    let args: Vec<String> = c["args"].as_array().unwrap().iter().map(|a| map(a.as_str().unwrap())).collect();
+    assert!(
+        c.get("command").is_none(),
+        "the image's entrypoint is the binary"
+    );
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| map(a.as_str().unwrap()))
+        .collect();
     let mut cmd = Command::new(RAMPART);
-    cmd.args(&args).env_clear().stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(&args)
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for e in c["env"].as_array().unwrap() {
         cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
     }
@@ -386,12 +437,26 @@ async fn the_injected_sidecar_started_as_its_pod_spec_says_listens_on_the_declar
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap() as u16))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap() as u16,
+            )
+        })
         .collect();
-    assert_eq!(declared, vec![("http".into(), proxy_port), ("rampart-metrics".into(), metrics_port)]);
+    assert_eq!(
+        declared,
+        vec![
+            ("http".into(), proxy_port),
+            ("rampart-metrics".into(), metrics_port)
+        ]
+    );
     // The probes, as the kubelet sends them, on the declared metrics port.
     let client = common::client();
-    let readyz = format!("http://127.0.0.1:{metrics_port}{}", c["readinessProbe"]["httpGet"]["path"].as_str().unwrap());
+    let readyz = format!(
+        "http://127.0.0.1:{metrics_port}{}",
+        c["readinessProbe"]["httpGet"]["path"].as_str().unwrap()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = common::try_get(&client, &readyz, &[]).await {
@@ -402,10 +467,18 @@ async fn the_injected_sidecar_started_as_its_pod_spec_says_listens_on_the_declar
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!("the sidecar exited with {status}");
         }
-        assert!(Instant::now() < deadline, "the sidecar never got ready on the declared port");
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never got ready on the declared port"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let healthz = common::get(&client, &format!("http://127.0.0.1:{metrics_port}/healthz"), &[]).await;
+    let healthz = common::get(
+        &client,
+        &format!("http://127.0.0.1:{metrics_port}/healthz"),
+        &[],
+    )
+    .await;
     assert_eq!(healthz.status, 200);
     // The taken-over port reaches the app on its own number.
     let r = common::get(&client, &format!("http://127.0.0.1:{proxy_port}/cart"), &[]).await;
@@ -435,8 +508,13 @@ impl Ca {
     fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "injector-ca");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "injector-ca");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         Ca {
@@ -447,8 +525,11 @@ impl Ca {
 
     /// A serving certificate for the webhook Service's name; returns (cert PEM, key PEM, DER).
     fn issue(&self) -> (String, String, CertificateDer<'static>) {
-        let mut params = CertificateParams::new(vec!["rampart-injector.rampart.svc".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "rampart-injector.rampart.svc");
+        let mut params =
+            CertificateParams::new(vec!["rampart-injector.rampart.svc".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "rampart-injector.rampart.svc");
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().clone())
@@ -493,25 +574,44 @@ impl Injector {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let injector = Injector { child, addr, ca, dir };
+        let injector = Injector {
+            child,
+            addr,
+            ca,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = injector.request("GET", "/readyz", Vec::new()).await {
                 return injector;
             }
-            assert!(Instant::now() < deadline, "the injector never answered /readyz");
+            assert!(
+                Instant::now() < deadline,
+                "the injector never answered /readyz"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
         let name = ServerName::try_from("rampart-injector.rampart.svc").unwrap();
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
-        self.ca.connector().connect(name, tcp).await.map_err(|e| e.to_string())
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ca
+            .connector()
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// One request on a fresh HTTPS connection: (status, body).
-    async fn request(&self, method: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
         let fut = async {
             let tls = self.connect().await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -527,14 +627,24 @@ impl Injector {
                 .unwrap();
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             Ok((status, bytes.to_vec()))
         };
-        tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| "timed out".to_string())?
+        tokio::time::timeout(IO_TIMEOUT, fut)
+            .await
+            .map_err(|_| "timed out".to_string())?
     }
 
     async fn review(&self, review: &Value) -> Value {
-        let (status, body) = self.request("POST", "/mutate", review.to_string().into_bytes()).await.unwrap();
+        let (status, body) = self
+            .request("POST", "/mutate", review.to_string().into_bytes())
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).unwrap()
     }
@@ -551,7 +661,10 @@ impl Injector {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "the injector did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the injector did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -651,13 +764,17 @@ async fn webhook_patches_a_dry_run_pod_create_with_generate_name_and_the_patch_a
     assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(response["allowed"], true);
     assert_eq!(response["patchType"], "JSONPatch");
-    let patch: Vec<Value> = serde_json::from_slice(&base64_decode(response["patch"].as_str().unwrap())).unwrap();
+    let patch: Vec<Value> =
+        serde_json::from_slice(&base64_decode(response["patch"].as_str().unwrap())).unwrap();
     let pod = &review["request"]["object"];
     let patched = rampart_inject::patch::apply(pod, &patch).expect("the patch applies");
     let (c, list) = sidecar(&patched).unwrap();
     assert_eq!(list, "initContainers");
     assert_eq!(c["ports"][0]["name"], "http");
-    assert_eq!(patched["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"], 8080);
+    assert_eq!(
+        patched["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        8080
+    );
     assert!(patched["metadata"].get("name").is_none());
     // Called again (reinvocationPolicy: IfNeeded) on its own output: no patch.
     let mut again = review.clone();
@@ -665,15 +782,25 @@ async fn webhook_patches_a_dry_run_pod_create_with_generate_name_and_the_patch_a
     let answer = injector.review(&again).await;
     assert!(answer["response"].get("patch").is_none(), "{answer}");
     let metrics = injector.metrics().await;
-    assert!(metrics.contains("rampart_injector_admissions_total{result=\"injected\"} 1"), "{metrics}");
-    assert!(metrics.contains("rampart_injector_admissions_total{result=\"skipped\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("rampart_injector_admissions_total{result=\"injected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_injector_admissions_total{result=\"skipped\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(injector.stop(), 0);
 }
 
 #[tokio::test]
 async fn webhook_admits_opted_out_and_unpatchable_pods_unchanged() {
     let injector = Injector::start(&["--kube-version", "1.31"]).await;
-    let review = pod_review("u1", json!({"rampart.dev/config": "x"}), json!({"rampart.dev/inject": "disabled"}));
+    let review = pod_review(
+        "u1",
+        json!({"rampart.dev/config": "x"}),
+        json!({"rampart.dev/inject": "disabled"}),
+    );
     let answer = injector.review(&review).await;
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
@@ -684,40 +811,80 @@ async fn webhook_admits_opted_out_and_unpatchable_pods_unchanged() {
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
     let warning = answer["response"]["warnings"][0].as_str().unwrap();
-    assert!(warning.starts_with("rampart: not injected: spec.containers"), "{warning}");
+    assert!(
+        warning.starts_with("rampart: not injected: spec.containers"),
+        "{warning}"
+    );
     // 1.31 taking over a named port: a plain container, and the user is told why.
-    let answer = injector.review(&pod_review("u3", json!({"rampart.dev/config": "x"}), json!({}))).await;
+    let answer = injector
+        .review(&pod_review(
+            "u3",
+            json!({"rampart.dev/config": "x"}),
+            json!({}),
+        ))
+        .await;
     let warnings = answer["response"]["warnings"].as_array().unwrap();
-    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("kubernetes#127958")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("kubernetes#127958")),
+        "{warnings:?}"
+    );
     let metrics = injector.metrics().await;
-    assert!(metrics.contains("rampart_injector_admissions_total{result=\"error\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("rampart_injector_admissions_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn webhook_answers_garbage_wrong_api_version_and_huge_bodies_clearly() {
     let injector = Injector::start(&[]).await;
-    let (status, body) = injector.request("POST", "/mutate", b"{not json".to_vec()).await.unwrap();
+    let (status, body) = injector
+        .request("POST", "/mutate", b"{not json".to_vec())
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("not JSON"));
     let mut review = pod_review("u", json!({}), json!({}));
     review["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    let (status, body) = injector.request("POST", "/mutate", review.to_string().into_bytes()).await.unwrap();
+    let (status, body) = injector
+        .request("POST", "/mutate", review.to_string().into_bytes())
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     let text = String::from_utf8_lossy(&body).to_string();
-    assert!(text.contains("admission.k8s.io/v1beta1") && text.contains("admissionReviewVersions"), "{text}");
+    assert!(
+        text.contains("admission.k8s.io/v1beta1") && text.contains("admissionReviewVersions"),
+        "{text}"
+    );
     let huge = vec![b' '; 10 * 1024 * 1024];
     let (status, body) = injector.request("POST", "/mutate", huge).await.unwrap();
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
-    let (status, _) = injector.request("GET", "/healthz", Vec::new()).await.unwrap();
+    let (status, _) = injector
+        .request("GET", "/healthz", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    let (status, _) = injector.request("GET", "/mutate", Vec::new()).await.unwrap();
+    let (status, _) = injector
+        .request("GET", "/mutate", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, 405);
 }
 
 #[tokio::test]
 async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     let injector = Injector::start(&[]).await;
-    let first = injector.connect().await.unwrap().get_ref().1.peer_certificates().unwrap()[0].clone();
+    let first = injector
+        .connect()
+        .await
+        .unwrap()
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap()[0]
+        .clone();
     let (cert, key, der) = injector.ca.issue();
     assert_ne!(der, first);
     // As cert-manager's kubelet-synced Secret volume would: new files renamed into place.
@@ -726,14 +893,32 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     write_atomically(dir, "tls.crt", &cert);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let served = injector.connect().await.unwrap().get_ref().1.peer_certificates().unwrap()[0].clone();
+        let served = injector
+            .connect()
+            .await
+            .unwrap()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .unwrap()[0]
+            .clone();
         if served == der {
             break;
         }
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(injector.request("GET", "/healthz", Vec::new()).await.unwrap().0, 200);
+    assert_eq!(
+        injector
+            .request("GET", "/healthz", Vec::new())
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 }
 
 fn write_atomically(dir: &Path, name: &str, contents: &str) {
@@ -753,7 +938,12 @@ async fn the_injector_exits_3_when_it_cannot_bind() {
         .arg(injector.dir.path().join("tls.key"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Admission latency over TLS: 1,000 AdmissionReviews (an injection each) on one
@@ -764,9 +954,18 @@ async fn the_injector_exits_3_when_it_cannot_bind() {
 async fn admission_latency_bench() {
     let injector = Injector::start(&[]).await;
     let tls = injector.connect().await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let body = Bytes::from(pod_review("bench", json!({"rampart.dev/config": "shop-rampart"}), json!({})).to_string());
+    let body = Bytes::from(
+        pod_review(
+            "bench",
+            json!({"rampart.dev/config": "shop-rampart"}),
+            json!({}),
+        )
+        .to_string(),
+    );
     let mut samples = Vec::with_capacity(1000);
     for i in 0..1100 {
         let req = hyper::Request::post("/mutate")

@@ -93,9 +93,15 @@ pub struct KubeVersion {
 impl KubeVersion {
     /// The first version whose Services resolve a named targetPort declared by a native
     /// sidecar (kubernetes#127958, fixed by #127976 and #128850).
-    pub const NAMED_PORTS_ON_NATIVE_SIDECARS: KubeVersion = KubeVersion { major: 1, minor: 32 };
+    pub const NAMED_PORTS_ON_NATIVE_SIDECARS: KubeVersion = KubeVersion {
+        major: 1,
+        minor: 32,
+    };
     /// The first version with native sidecars on by default.
-    pub const NATIVE_SIDECARS: KubeVersion = KubeVersion { major: 1, minor: 29 };
+    pub const NATIVE_SIDECARS: KubeVersion = KubeVersion {
+        major: 1,
+        minor: 29,
+    };
 
     /// Parses `1.30`, `v1.30.2`, `1.30+` or `v1.30.2-eks-1234` (what clusters report).
     pub fn parse(text: &str) -> Option<KubeVersion> {
@@ -186,7 +192,11 @@ pub enum InjectError {
 pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "Pod" => Some(&[]),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
         | "ReplicationController" => Some(&["spec", "template"]),
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
@@ -336,18 +346,24 @@ pub fn inject_template(
     let used: Vec<u16> = containers
         .iter()
         .chain(init_containers.iter())
-        .flat_map(|c| ports_of(c))
+        .flat_map(ports_of)
         .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
         .filter_map(|n| u16::try_from(n).ok())
         .collect();
     let port_names: Vec<String> = containers
         .iter()
         .chain(init_containers.iter())
-        .flat_map(|c| ports_of(c))
+        .flat_map(ports_of)
         .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
 
-    let proxy_port = match pick_port(annotation(ANN_PROXY_PORT), ANN_PROXY_PORT, DEFAULT_PROXY_PORT, &used, &[]) {
+    let proxy_port = match pick_port(
+        annotation(ANN_PROXY_PORT),
+        ANN_PROXY_PORT,
+        DEFAULT_PROXY_PORT,
+        &used,
+        &[],
+    ) {
         Ok(p) => p,
         Err(reason) => return Ok(skipped(reason)),
     };
@@ -381,8 +397,8 @@ pub fn inject_template(
     let kube = options.kube_version;
     let wants_plain = annotation(ANN_NATIVE) == Some("false");
     let old_kube = kube.is_some_and(|v| v < KubeVersion::NATIVE_SIDECARS);
-    let named_port_bug = owner.is_some()
-        && kube.is_some_and(|v| v < KubeVersion::NAMED_PORTS_ON_NATIVE_SIDECARS);
+    let named_port_bug =
+        owner.is_some() && kube.is_some_and(|v| v < KubeVersion::NAMED_PORTS_ON_NATIVE_SIDECARS);
     let mut native = !(wants_plain || old_kube || named_port_bug);
     if !native && is_job {
         if wants_plain || old_kube {
@@ -584,7 +600,9 @@ fn pick_port(
     }
     let mut port = default;
     while used.contains(&port) || also.contains(&port) {
-        port = port.checked_add(1).ok_or_else(|| format!("{key}: no free port"))?;
+        port = port
+            .checked_add(1)
+            .ok_or_else(|| format!("{key}: no free port"))?;
     }
     Ok(port)
 }
@@ -606,8 +624,14 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// The app port's new name: `app-NAME` (cut to 15 characters), unused in the pod.
@@ -621,7 +645,7 @@ fn rename_for(taken: &str, existing: &[String]) -> String {
     };
     let mut candidate = fit(format!("app-{taken}"));
     let mut n = 2;
-    while existing.iter().any(|e| *e == candidate) && n < 100 {
+    while existing.contains(&candidate) && n < 100 {
         candidate = fit(format!("app{n}-{taken}"));
         n += 1;
     }
@@ -676,11 +700,16 @@ fn quantity_ok(q: &str) -> bool {
     let (number, suffix) = q.split_at(digits_end);
     !number.is_empty()
         && number.parse::<f64>().is_ok()
-        && ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
-            .contains(&suffix)
+        && [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
 }
 
-fn resources<'a>(annotation: &dyn Fn(&str) -> Option<&'a str>, warnings: &mut Vec<String>) -> Value {
+fn resources<'a>(
+    annotation: &dyn Fn(&str) -> Option<&'a str>,
+    warnings: &mut Vec<String>,
+) -> Value {
     let mut pick = |key: &str, default: &str| -> Option<String> {
         match annotation(key) {
             None => Some(default.to_string()),

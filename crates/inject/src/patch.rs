@@ -96,12 +96,17 @@ mod tests {
 
     #[test]
     fn diff_adds_removes_and_replaces_and_applies_back() {
-        let a = json!({"metadata": {"labels": {"a": "1", "x/y": "2"}}, "spec": {"containers": [1]}});
+        let a =
+            json!({"metadata": {"labels": {"a": "1", "x/y": "2"}}, "spec": {"containers": [1]}});
         let b = json!({"metadata": {"labels": {"a": "1"}, "annotations": {"p~q": "v"}}, "spec": {"containers": [1, 2]}});
         let ops = diff(&a, &b);
         assert!(ops.contains(&json!({"op": "remove", "path": "/metadata/labels/x~1y"})));
-        assert!(ops.contains(&json!({"op": "add", "path": "/metadata/annotations", "value": {"p~q": "v"}})));
-        assert!(ops.contains(&json!({"op": "replace", "path": "/spec/containers", "value": [1, 2]})));
+        assert!(ops.contains(
+            &json!({"op": "add", "path": "/metadata/annotations", "value": {"p~q": "v"}})
+        ));
+        assert!(
+            ops.contains(&json!({"op": "replace", "path": "/spec/containers", "value": [1, 2]}))
+        );
         assert_eq!(apply(&a, &ops), Some(b));
     }
 
