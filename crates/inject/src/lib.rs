@@ -466,23 +466,16 @@ pub fn inject_template(
             log_level,
             resources,
         });
+        // list() above checked each of these is a list, null or absent.
         if native {
-            let inits = spec_mut
-                .entry("initContainers")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Some(list) = inits.as_array_mut() {
-                list.insert(0, container);
-            }
-        } else if let Some(list) = spec_mut.get_mut("containers").and_then(Value::as_array_mut) {
-            list.push(container);
+            edit_list(spec_mut, "initContainers", |l| l.insert(0, container));
+        } else {
+            edit_list(spec_mut, "containers", |l| l.push(container));
         }
-        let vols = spec_mut
-            .entry("volumes")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Some(list) = vols.as_array_mut() {
-            list.push(json!({"name": CONFIG_VOLUME, "configMap": {"name": config_map, "defaultMode": 0o444}}));
-            list.push(json!({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}));
-        }
+        edit_list(spec_mut, "volumes", |l| {
+            l.push(json!({"name": CONFIG_VOLUME, "configMap": {"name": config_map, "defaultMode": 0o444}}));
+            l.push(json!({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}));
+        });
         if let Some(grace) = spec_mut
             .get("terminationGracePeriodSeconds")
             .and_then(Value::as_i64)
@@ -556,6 +549,16 @@ fn object_entry<'a>(
         path: format!("metadata.{key}"),
         problem: "not an object",
     })
+}
+
+/// Edits the list at `key`, an empty list when absent, null or not a list.
+fn edit_list(map: &mut Map<String, Value>, key: &str, edit: impl FnOnce(&mut Vec<Value>)) {
+    let mut list = match map.remove(key) {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    edit(&mut list);
+    map.insert(key.to_string(), Value::Array(list));
 }
 
 fn list<'a>(spec: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], InjectError> {

@@ -483,3 +483,15 @@ fn the_patch_turns_the_original_into_the_injected_object() {
     let ops = patch::diff(&d, &i.object);
     assert_eq!(patch::apply(&d, &ops), Some(i.object));
 }
+
+#[test]
+fn null_lists_in_the_spec_are_filled_in() {
+    let d = deployment(
+        json!({"rampart.dev/config": "x"}),
+        json!({}),
+        json!({"initContainers": null, "volumes": null}),
+    );
+    let i = injected(inject_object(&d, &opts()).unwrap());
+    assert_eq!(pod_spec(&i.object)["initContainers"][0]["name"], "rampart");
+    assert_eq!(pod_spec(&i.object)["volumes"].as_array().unwrap().len(), 2);
+}
