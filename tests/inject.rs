@@ -598,6 +598,8 @@ impl Injector {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
+        // As Go's net/http (the API server) does: no Nagle delay on small writes.
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         self.ca
             .connector()
             .connect(name, tcp)
