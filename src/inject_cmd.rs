@@ -59,11 +59,14 @@ pub fn run(
             }
         }
     }
-    let config_maps = config_maps(&documents);
+    let context = Context {
+        config_maps: config_maps(&documents),
+        services: objects_of_kind(&documents, "Service"),
+    };
     let mut out = String::new();
     let mut messages = Vec::new();
     for doc in &documents {
-        let value = transform(&doc.value, &options, &config_maps, &mut messages);
+        let value = transform(&doc.value, &options, &context, &mut messages);
         match serde_saphyr::to_string(&value) {
             Ok(text) => {
                 out.push_str("---\n");
@@ -206,30 +209,38 @@ fn check_object(value: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// What the rest of the input says about an injected workload.
+struct Context {
+    /// The `rampart.yaml` of every ConfigMap in the input, by name.
+    config_maps: HashMap<String, Value>,
+    /// Every Service in the input, to warn about those that bypass the sidecar.
+    services: Vec<Value>,
+}
+
+/// Every object of `kind` in the input, `List` items included.
+fn objects_of_kind(docs: &[Document], kind: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for d in docs {
+        let items = d.value.get("items").and_then(Value::as_array);
+        for v in std::iter::once(&d.value).chain(items.into_iter().flatten()) {
+            if v.get("kind").and_then(Value::as_str) == Some(kind) {
+                out.push(v.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The `rampart.yaml` of every ConfigMap in the input, by name, to check injections against.
 fn config_maps(docs: &[Document]) -> HashMap<String, Value> {
     let mut out = HashMap::new();
-    let mut visit = |v: &Value| {
-        if v.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
-            let name = v.pointer("/metadata/name").and_then(Value::as_str);
-            let data = v.pointer("/data/rampart.yaml").and_then(Value::as_str);
-            if let (Some(name), Some(data)) = (name, data) {
-                if let Ok(parsed) = serde_saphyr::from_str::<Value>(data) {
-                    out.insert(name.to_string(), parsed);
-                }
+    for v in objects_of_kind(docs, "ConfigMap") {
+        let name = v.pointer("/metadata/name").and_then(Value::as_str);
+        let data = v.pointer("/data/rampart.yaml").and_then(Value::as_str);
+        if let (Some(name), Some(data)) = (name, data) {
+            if let Ok(parsed) = serde_saphyr::from_str::<Value>(data) {
+                out.insert(name.to_string(), parsed);
             }
-        }
-    };
-    for d in docs {
-        visit(&d.value);
-        for item in d
-            .value
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            visit(item);
         }
     }
     out
@@ -238,13 +249,13 @@ fn config_maps(docs: &[Document]) -> HashMap<String, Value> {
 fn transform(
     value: &Value,
     options: &Options,
-    config_maps: &HashMap<String, Value>,
+    context: &Context,
     messages: &mut Vec<String>,
 ) -> Value {
     if let Some(items) = value.get("items").and_then(Value::as_array) {
         let items: Vec<Value> = items
             .iter()
-            .map(|i| transform(i, options, config_maps, messages))
+            .map(|i| transform(i, options, context, messages))
             .collect();
         let mut list = value.clone();
         list["items"] = Value::Array(items);
@@ -267,13 +278,16 @@ fn transform(
                 injected.config_map
             );
             let mut config_warnings = Vec::new();
-            match config_maps.get(&injected.config_map) {
+            match context.config_maps.get(&injected.config_map) {
                 Some(config) => config_warnings = inject::check_config(config, &injected),
                 None => {
                     if let Some(url) = &injected.upstream_url {
                         line.push_str(&format!("; its default upstream must be the app at {url}"));
                     }
                 }
+            }
+            for service in &context.services {
+                config_warnings.extend(inject::check_service(service, value, &injected));
             }
             messages.push(line);
             for w in config_warnings.iter().chain(&injected.warnings) {

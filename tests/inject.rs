@@ -200,6 +200,23 @@ fn a_configmap_that_disagrees_is_named_with_what_to_change() {
 }
 
 #[test]
+fn a_service_with_a_numeric_target_port_is_warned_about_and_passes_through() {
+    let input = format!(
+        "{}---{}",
+        shop(8080, ""),
+        SERVICE_AND_CONFIGMAP.replace("targetPort: http", "targetPort: 8080")
+    );
+    let run = inject(&[], &input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Deployment/shop: warning: Service/shop port \"http\" targets the app's port by number (8080), so its traffic bypasses Rampart: set its targetPort to \"http\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(docs(&run.stdout)[1], docs(&input)[1]);
+}
+
+#[test]
 fn statefulset_cronjob_pod_and_a_list_are_injected_and_other_kinds_pass_through() {
     let input = dedent(
         r#"

@@ -162,8 +162,13 @@ pub struct Injected {
     pub config_map: String,
     /// Where the sidecar must send stable traffic: the app on localhost, when known.
     pub upstream_url: Option<String>,
+    /// The app's port number behind `upstream_url`, when known.
+    pub upstream_port: Option<u16>,
     /// The port name taken over, if any.
     pub taken_port: Option<String>,
+    /// The name the sidecar's data-plane port is declared under: the taken name, else
+    /// [`PROXY_PORT_NAME`]. A Service must target this name to reach Rampart.
+    pub proxy_port_name: String,
     /// The sidecar's data-plane port.
     pub proxy_port: u16,
     /// The sidecar's metrics port.
@@ -524,7 +529,9 @@ pub fn inject_template(
         warnings,
         config_map,
         upstream_url: upstream_port.map(|p| format!("http://127.0.0.1:{p}")),
+        upstream_port,
         taken_port: owner.map(|_| take_name.to_string()),
+        proxy_port_name,
         proxy_port,
         metrics_port,
         native,
@@ -832,6 +839,82 @@ pub fn check_config(config: &Value, injected: &Injected) -> Vec<String> {
         if dir.trim_end_matches('/') != STATE_DIR {
             out.push(format!(
                 "ConfigMap {cm}: state_dir is {dir:?}, but the sidecar's writable emptyDir is {STATE_DIR}: set state_dir to {STATE_DIR} or remove it"
+            ));
+        }
+    }
+    out
+}
+
+/// Checks a Service against an injected workload (both from the same `rampart inject`
+/// input): a Service that selects the workload's pods but reaches the app's port by
+/// number bypasses the sidecar, since named-port takeover only moves the port's *name*.
+/// Returns what to change, one sentence each; nothing for Services that do not select
+/// the pods. `workload` is the object before injection.
+pub fn check_service(service: &Value, workload: &Value, injected: &Injected) -> Vec<String> {
+    let mut out = Vec::new();
+    if service.get("kind").and_then(Value::as_str) != Some("Service") {
+        return out;
+    }
+    let Some(app_port) = injected.upstream_port else {
+        return out;
+    };
+    let namespace = |v: &Value| {
+        v.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let (Some(a), Some(b)) = (namespace(service), namespace(workload)) {
+        if a != b {
+            return out;
+        }
+    }
+    let Some(selector) = service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty())
+    else {
+        return out;
+    };
+    let kind = workload.get("kind").and_then(Value::as_str).unwrap_or("");
+    let Some(path) = template_path(kind) else {
+        return out;
+    };
+    let mut template = workload;
+    for segment in path {
+        match template.get(*segment) {
+            Some(t) => template = t,
+            None => return out,
+        }
+    }
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    let selects = selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    if !selects {
+        return out;
+    }
+    let name = display_name(service);
+    let ports = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for port in ports {
+        // No targetPort means the same number as `port`.
+        let target = port.get("targetPort").or_else(|| port.get("port"));
+        let number = target.and_then(Value::as_u64);
+        if number == Some(u64::from(app_port)) {
+            let label = port
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| format!("port {n:?}"))
+                .or_else(|| port.get("port").map(|p| format!("port {p}")))
+                .unwrap_or_else(|| "a port".into());
+            out.push(format!(
+                "{name} {label} targets the app's port by number ({app_port}), so its traffic bypasses Rampart: set its targetPort to {:?}",
+                injected.proxy_port_name
             ));
         }
     }

@@ -495,3 +495,54 @@ fn null_lists_in_the_spec_are_filled_in() {
     assert_eq!(pod_spec(&i.object)["initContainers"][0]["name"], "rampart");
     assert_eq!(pod_spec(&i.object)["volumes"].as_array().unwrap().len(), 2);
 }
+
+fn service(target_port: Option<Value>, selector: Value) -> Value {
+    let mut port = json!({"name": "web", "port": 80});
+    if let Some(t) = target_port {
+        port["targetPort"] = t;
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "shop"},
+        "spec": {"selector": selector, "ports": [port]}})
+}
+
+#[test]
+fn a_service_reaching_the_app_port_by_number_is_told_to_target_the_name() {
+    let d = with_config();
+    let i = injected(inject_object(&d, &opts()).unwrap());
+    let by_number = service(Some(json!(8080)), json!({"app": "shop"}));
+    let w = check_service(&by_number, &d, &i);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("Service/shop") && w[0].contains("bypasses Rampart"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("set its targetPort to \"http\""), "{w:?}");
+    // No targetPort at all is the port's own number.
+    let mut implicit = service(None, json!({"app": "shop"}));
+    implicit["spec"]["ports"][0]["port"] = json!(8080);
+    assert_eq!(check_service(&implicit, &d, &i).len(), 1);
+    // By name, another number, another selector, another namespace: nothing to say.
+    let by_name = service(Some(json!("http")), json!({"app": "shop"}));
+    assert!(check_service(&by_name, &d, &i).is_empty());
+    let other_port = service(Some(json!(9000)), json!({"app": "shop"}));
+    assert!(check_service(&other_port, &d, &i).is_empty());
+    let other_app = service(Some(json!(8080)), json!({"app": "cart"}));
+    assert!(check_service(&other_app, &d, &i).is_empty());
+    let mut elsewhere = by_number.clone();
+    elsewhere["metadata"]["namespace"] = json!("prod");
+    let mut d_ns = d.clone();
+    d_ns["metadata"]["namespace"] = json!("staging");
+    assert!(check_service(&elsewhere, &d_ns, &i).is_empty());
+}
+
+#[test]
+fn without_a_taken_port_the_service_is_told_to_target_rampart_http() {
+    let d = deployment(
+        json!({"rampart.dev/config": "x"}),
+        json!({"app": "shop"}),
+        json!({"containers": [{"name": "shop", "image": "shop:1", "ports": [{"name": "web", "containerPort": 8080}]}]}),
+    );
+    let i = injected(inject_object(&d, &opts()).unwrap());
+    let w = check_service(&service(Some(json!(8080)), json!({"app": "shop"})), &d, &i);
+    assert!(w[0].contains("\"rampart-http\""), "{w:?}");
+}
