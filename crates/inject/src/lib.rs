@@ -169,6 +169,9 @@ pub struct Injected {
     /// The name the sidecar's data-plane port is declared under: the taken name, else
     /// [`PROXY_PORT_NAME`]. A Service must target this name to reach Rampart.
     pub proxy_port_name: String,
+    /// Every port number the pod declared before injection (the app's and its other
+    /// containers'), so a config's other listeners can be checked against them.
+    pub pod_ports: Vec<u16>,
     /// The sidecar's data-plane port.
     pub proxy_port: u16,
     /// The sidecar's metrics port.
@@ -532,6 +535,7 @@ pub fn inject_template(
         upstream_port,
         taken_port: owner.map(|_| take_name.to_string()),
         proxy_port_name,
+        pod_ports: used,
         proxy_port,
         metrics_port,
         native,
@@ -839,6 +843,34 @@ pub fn check_config(config: &Value, injected: &Injected) -> Vec<String> {
         if dir.trim_end_matches('/') != STATE_DIR {
             out.push(format!(
                 "ConfigMap {cm}: state_dir is {dir:?}, but the sidecar's writable emptyDir is {STATE_DIR}: set state_dir to {STATE_DIR} or remove it"
+            ));
+        }
+    }
+    // `listen` and `metrics_listen` are replaced by the pod spec's ports; the other
+    // listeners stay the config's (loopback, for the app and for port-forwards) and share
+    // the pod's network namespace with everything else.
+    for field in ["admin_listen", "ofrep_listen"] {
+        let Some(addr) = config.get(field).and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(port) = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.trim().parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let clash = if port == injected.proxy_port {
+            Some(format!("the sidecar's data-plane port {port}"))
+        } else if port == injected.metrics_port {
+            Some(format!("the sidecar's metrics port {port}"))
+        } else if injected.pod_ports.contains(&port) {
+            Some(format!("port {port}, which the pod already declares"))
+        } else {
+            None
+        };
+        if let Some(clash) = clash {
+            out.push(format!(
+                "ConfigMap {cm}: {field} {addr} is {clash}: the sidecar could not bind it; pick a port the pod does not use"
             ));
         }
     }

@@ -496,6 +496,29 @@ fn null_lists_in_the_spec_are_filled_in() {
     assert_eq!(pod_spec(&i.object)["volumes"].as_array().unwrap().len(), 2);
 }
 
+#[test]
+fn a_config_listener_on_a_port_the_pod_uses_is_named_with_what_to_change() {
+    let i = injected(inject_object(&with_config(), &opts()).unwrap());
+    let base = json!({"upstreams": {"stable": {"url": "http://127.0.0.1:8080"}}});
+    let mut clash = base.clone();
+    clash["ofrep_listen"] = json!("127.0.0.1:8080");
+    clash["admin_listen"] = json!(format!("127.0.0.1:{}", i.metrics_port));
+    let w = check_config(&clash, &i);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("admin_listen") && w[0].contains("metrics port"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("ofrep_listen") && w[1].contains("already declares"),
+        "{w:?}"
+    );
+    let mut fine = base;
+    fine["ofrep_listen"] = json!("127.0.0.1:8181");
+    fine["admin_listen"] = json!("127.0.0.1:9901");
+    assert!(check_config(&fine, &i).is_empty());
+}
+
 fn service(target_port: Option<Value>, selector: Value) -> Value {
     let mut port = json!({"name": "web", "port": 80});
     if let Some(t) = target_port {
