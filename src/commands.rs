@@ -231,7 +231,8 @@ fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
             e @ (LoadError::Invalid { .. }
             | LoadError::Read { .. }
             | LoadError::NotUtf8 { .. }
-            | LoadError::Env { .. }),
+            | LoadError::Env { .. }
+            | LoadError::EnvCollision { .. }),
         ) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_INVALID);

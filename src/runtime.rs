@@ -41,6 +41,19 @@ pub enum LoadError {
         /// Its value.
         value: String,
     },
+    /// A listener override in the environment lands on an address another of the config's
+    /// listeners uses (the file's own listeners were checked against each other already).
+    #[error("{var}={value}: collides with {field} {addr}; pick ports that differ (docs/inject.md#ports)")]
+    EnvCollision {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: SocketAddr,
+        /// The config field it collides with.
+        field: &'static str,
+        /// That field's address.
+        addr: SocketAddr,
+    },
     /// The file parsed or validated with errors.
     #[error("{}", .errors.render(.path))]
     Invalid {
@@ -156,6 +169,42 @@ fn apply_listen_overrides(config: &mut Config) -> Result<(), LoadError> {
                 .trim()
                 .parse::<SocketAddr>()
                 .map_err(|_| LoadError::Env { var, value })?;
+        }
+    }
+    // The same rule validation applies to the file's listeners: same port, and the same
+    // address or either one unspecified.
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let others = [
+        ("listen", Some(config.listen)),
+        ("metrics_listen", Some(config.metrics_listen)),
+        ("admin_listen", config.admin_listen),
+        ("ofrep_listen", config.ofrep_listen),
+    ];
+    for (var, field, value) in [
+        ("RAMPART_LISTEN", "listen", config.listen),
+        (
+            "RAMPART_METRICS_LISTEN",
+            "metrics_listen",
+            config.metrics_listen,
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            continue;
+        }
+        for (other, addr) in others {
+            let Some(addr) = addr else { continue };
+            if other != field && clash(value, addr) {
+                return Err(LoadError::EnvCollision {
+                    var,
+                    value,
+                    field: other,
+                    addr,
+                });
+            }
         }
     }
     Ok(())

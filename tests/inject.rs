@@ -338,6 +338,41 @@ fn opted_out_host_network_and_unconfigured_pods_are_skipped_with_one_line_each()
 }
 
 #[test]
+fn a_listener_from_the_sidecars_env_that_collides_with_the_configs_is_refused_at_load() {
+    let dir = TempDir::new("inject-env");
+    let config = dir.write(
+        "rampart.yaml",
+        "version: 1\nlisten: 127.0.0.1:18080\nmetrics_listen: 127.0.0.1:19090\nofrep_listen: 127.0.0.1:8181\nupstreams:\n  stable: {url: \"http://127.0.0.1:8080\"}\nroutes: []\n",
+    );
+    let check = |listen: &str| {
+        Command::new(RAMPART)
+            .args(["check", "-c"])
+            .arg(&config)
+            .env("RAMPART_LISTEN", listen)
+            .env("RAMPART_METRICS_LISTEN", "0.0.0.0:4090")
+            .output()
+            .unwrap()
+    };
+    let out = check("0.0.0.0:8181");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("RAMPART_LISTEN=0.0.0.0:8181: collides with ofrep_listen 127.0.0.1:8181"),
+        "{stderr}"
+    );
+    let out = check("0.0.0.0:4090");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("collides with metrics_listen"));
+    let out = check("0.0.0.0:4080");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn input_that_is_not_kubernetes_yaml_exits_1_naming_the_file_and_line() {
     let dir = TempDir::new("inject-bad");
     let good = dir.write(
