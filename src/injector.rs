@@ -349,12 +349,35 @@ async fn mutate(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
+/// Why a body is not an AdmissionReview this webhook can answer (answered 400 with the
+/// message, counted as `error`).
+#[derive(Debug, thiserror::Error)]
+enum ReviewError {
+    /// Not JSON at all.
+    #[error("the body is not JSON: expected an admission.k8s.io/v1 AdmissionReview")]
+    NotJson,
+    /// JSON, but another API version or kind.
+    #[error("expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got apiVersion {api_version:?}, kind {kind:?} (set admissionReviewVersions: [v1])")]
+    WrongKind {
+        /// The body's `apiVersion`.
+        api_version: String,
+        /// The body's `kind`.
+        kind: String,
+    },
+    /// No `request` to answer.
+    #[error("AdmissionReview without request")]
+    NoRequest,
+    /// No `request.uid` to answer with.
+    #[error("AdmissionReview request without uid")]
+    NoUid,
+}
+
 /// Answers one AdmissionReview body: the HTTP status, the AdmissionReview (or an error
 /// message for a body that is not one), and the metric's result label.
 fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>, &'static str) {
-    let bad = |m: String| (StatusCode::BAD_REQUEST, Err(m), "error");
+    let bad = |e: ReviewError| (StatusCode::BAD_REQUEST, Err(e.to_string()), "error");
     let Ok(review) = serde_json::from_slice::<Value>(body) else {
-        return bad("the body is not JSON: expected an admission.k8s.io/v1 AdmissionReview".into());
+        return bad(ReviewError::NotJson);
     };
     let api_version = review
         .get("apiVersion")
@@ -362,15 +385,16 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
         .unwrap_or("");
     let kind = review.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
-        return bad(format!(
-            "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got apiVersion {api_version:?}, kind {kind:?} (set admissionReviewVersions: [v1])"
-        ));
+        return bad(ReviewError::WrongKind {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        });
     }
     let Some(request) = review.get("request") else {
-        return bad("AdmissionReview without request".into());
+        return bad(ReviewError::NoRequest);
     };
     let Some(uid) = request.get("uid").and_then(Value::as_str) else {
-        return bad("AdmissionReview request without uid".into());
+        return bad(ReviewError::NoUid);
     };
     let respond = |extra: Value, result: &'static str| {
         let mut response = json!({"uid": uid, "allowed": true});
