@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# CI: fuzz each target of fuzz/ for a bounded time (docs/fuzzing.md).
+#
+# Builds the targets with libFuzzer's coverage instrumentation on the stable toolchain (no
+# sanitizer, so no nightly and no cargo-fuzz needed), then runs each one for FUZZ_SECONDS
+# (default 60) on a scratch copy of its checked-in corpus, two targets at a time. A crash,
+# a hang past the per-input timeout or a memory blow-up fails the build; the input is kept
+# in fuzz/artifacts/TARGET/ and printed, to be added to fuzz/regressions/TARGET/.
+#
+# Needs a C++ compiler (libFuzzer is C++); installs g++ with apt-get when there is none.
+# Idempotent: a second run reuses fuzz/target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+FUZZ_JOBS="${FUZZ_JOBS:-2}"
+TARGETS=(${FUZZ_TARGETS:-h1_split h1_serve config admin_body})
+
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "== installing g++ (libFuzzer is built from C++ sources)"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
+
+HOST="$(rustc -vV | sed -n 's/^host: //p')"
+# What `cargo fuzz build -s none` passes, less its single codegen unit (a much longer build).
+# `--target` keeps the instrumentation out of build scripts and proc macros.
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
+-Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing"
+export CARGO_TARGET_DIR="$PWD/fuzz/target"
+
+echo "== building the fuzz targets"
+start=$SECONDS
+cargo build --locked --release --manifest-path fuzz/Cargo.toml --target "$HOST" --bins
+echo "built in $((SECONDS - start)) s"
+BIN="$CARGO_TARGET_DIR/$HOST/release"
+
+# Per target: largest input, dictionary.
+declare -A MAX_LEN=([h1_split]=4096 [h1_serve]=4096 [config]=8192 [admin_body]=4096)
+declare -A DICT=([h1_split]=http.dict [h1_serve]=http.dict [config]=config.dict [admin_body]=json.dict)
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+run_target() {
+    local target="$1" work="$scratch/$1"
+    mkdir -p "$work/corpus" "fuzz/artifacts/$target"
+    # libFuzzer adds what it finds to the first directory: a scratch one, so the checked-in
+    # corpus stays as reviewed.
+    "$BIN/$target" "$work/corpus" "fuzz/corpus/$target" "fuzz/regressions/$target" \
+        -dict="fuzz/dict/${DICT[$target]}" \
+        -max_len="${MAX_LEN[$target]}" \
+        -max_total_time="$FUZZ_SECONDS" \
+        -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+        -artifact_prefix="fuzz/artifacts/$target/" \
+        -print_final_stats=1 >"$work/log" 2>&1
+}
+
+echo "== fuzzing ${TARGETS[*]} for ${FUZZ_SECONDS} s each, ${FUZZ_JOBS} at a time"
+failed=()
+pids=()
+names=()
+for target in "${TARGETS[@]}"; do
+    run_target "$target" &
+    pids+=($!)
+    names+=("$target")
+    if [ "${#pids[@]}" -ge "$FUZZ_JOBS" ]; then
+        wait "${pids[0]}" || failed+=("${names[0]}")
+        pids=("${pids[@]:1}")
+        names=("${names[@]:1}")
+    fi
+done
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || failed+=("${names[$i]}")
+done
+
+for target in "${TARGETS[@]}"; do
+    log="$scratch/$target/log"
+    # The last status line: runs, coverage, corpus size, executions per second.
+    summary="$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)"
+    runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+    echo "$target: ${runs:-?} runs; ${summary:-no status line}"
+done
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    for target in "${failed[@]}"; do
+        echo "== $target FAILED; the end of its log:"
+        tail -n 60 "$scratch/$target/log"
+        for input in "fuzz/artifacts/$target"/*; do
+            [ -f "$input" ] || continue
+            echo "-- $input (base64; add it to fuzz/regressions/$target/):"
+            base64 -w0 "$input"
+            echo
+        done
+    done
+    exit 1
+fi
