@@ -215,6 +215,19 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
             "invalid url {url:?}: host and a non-zero port are required"
         ));
     }
+    // The host goes into the upstream's HTTP authority as written: refuse what no URI
+    // authority holds (spaces, non-ASCII), or `run` could not build what `check` accepted.
+    let host_ok = if authority.starts_with('[') {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b))
+    };
+    if !host_ok {
+        return Err(format!(
+            "invalid url {url:?}: bad host {host:?} (ASCII only: punycode for an international name, [brackets] for IPv6)"
+        ));
+    }
     Ok(ParsedUrl {
         scheme,
         host: host.to_ascii_lowercase(),
