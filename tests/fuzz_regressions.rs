@@ -69,7 +69,10 @@ fn replay(target: &str) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The seed corpus is checked in: finding nothing means the directories moved.
-    assert!(replayed >= 5, "only {replayed} inputs replayed for {target}");
+    assert!(
+        replayed >= 5,
+        "only {replayed} inputs replayed for {target}"
+    );
 }
 
 #[test]

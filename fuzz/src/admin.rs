@@ -10,7 +10,9 @@
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use rampart_admin::api::{AdminApi, AdminControl, Caller, ControlError, MAX_BODY, MAX_REASON_CHARS};
+use rampart_admin::api::{
+    AdminApi, AdminControl, Caller, ControlError, MAX_BODY, MAX_REASON_CHARS,
+};
 use rampart_admin::tokens::TokenStore;
 use rampart_core::clock::ManualClock;
 use serde_json::{json, Value};
@@ -34,7 +36,12 @@ const PATHS: [(&str, &str); 5] = [
 struct Recorder(Mutex<Option<(&'static str, String, Caller)>>);
 
 impl Recorder {
-    fn record(&self, op: &'static str, route: &str, caller: &Caller) -> Result<Value, ControlError> {
+    fn record(
+        &self,
+        op: &'static str,
+        route: &str,
+        caller: &Caller,
+    ) -> Result<Value, ControlError> {
         if let Ok(mut last) = self.0.lock() {
             *last = Some((op, route.to_string(), caller.clone()));
         }
@@ -79,7 +86,10 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(error) => panic!("cannot start a runtime: {error}"),
         };
@@ -174,8 +184,14 @@ pub fn body(data: &[u8]) {
         }
         (StatusCode::BAD_REQUEST, None) => {
             assert!(called.is_none(), "400, yet {op} was called: {called:?}");
-            let message = answer.get("error").and_then(Value::as_str).unwrap_or_default();
-            assert!(!message.trim().is_empty(), "400 without an error message: {answer}");
+            let message = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            assert!(
+                !message.trim().is_empty(),
+                "400 without an error message: {answer}"
+            );
         }
         (status, expected) => panic!(
             "{op}: answered {status} {answer}, expected {}",
@@ -193,7 +209,10 @@ mod tests {
 
     #[test]
     fn the_reason_is_trimmed_and_bounded() {
-        assert_eq!(expected_reason(br#"{"reason": " x "}"#), Some("x".to_string()));
+        assert_eq!(
+            expected_reason(br#"{"reason": " x "}"#),
+            Some("x".to_string())
+        );
         assert_eq!(expected_reason(br#"{"reason": " "}"#), None);
         assert_eq!(expected_reason(b"[]"), None);
         body(b"\x00{\"reason\": \"INC-1\"}");

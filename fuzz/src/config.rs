@@ -19,7 +19,10 @@ pub fn check(data: &[u8]) {
 }
 
 fn rejected(errors: &ConfigErrors) {
-    assert!(!errors.0.is_empty(), "a config was refused without an error");
+    assert!(
+        !errors.0.is_empty(),
+        "a config was refused without an error"
+    );
     for error in &errors.0 {
         assert!(
             !error.message.trim().is_empty(),
@@ -58,14 +61,15 @@ fn accepted(config: &Config) {
             "upstream {:?} twice",
             upstream.name
         );
-        assert!(!upstream.host.is_empty() && upstream.port != 0, "{upstream:?}");
+        assert!(
+            !upstream.host.is_empty() && upstream.port != 0,
+            "{upstream:?}"
+        );
         // What `run` does first with an upstream (rampart_proxy::upstream::UpstreamRuntime):
         // a config `check` accepts must not stop `run` here.
         assert!(
-            http::uri::Authority::from_maybe_shared(bytes::Bytes::from(
-                upstream.authority.clone()
-            ))
-            .is_ok(),
+            http::uri::Authority::from_maybe_shared(bytes::Bytes::from(upstream.authority.clone()))
+                .is_ok(),
             "upstream {:?}: accepted, but `run` cannot use its authority {:?} (url {:?})",
             upstream.name,
             upstream.authority,
@@ -89,13 +93,20 @@ fn accepted(config: &Config) {
             route.backends.len()
         );
         for id in &route.backends {
-            assert!(config.upstream(*id).is_some(), "route {r:?}: backend {id:?}");
+            assert!(
+                config.upstream(*id).is_some(),
+                "route {r:?}: backend {id:?}"
+            );
         }
         let slot_ok = |slot: rampart_core::config::BackendSlot| slot.index() < route.backends.len();
         let mut split_slots = HashSet::new();
         let mut others: u32 = 0;
         for (i, entry) in route.split.iter().enumerate() {
-            assert!(slot_ok(entry.backend), "route {r:?}: split slot {:?}", entry.backend);
+            assert!(
+                slot_ok(entry.backend),
+                "route {r:?}: split slot {:?}",
+                entry.backend
+            );
             assert!(
                 split_slots.insert(entry.backend),
                 "route {r:?}: a backend twice in the split"
@@ -112,14 +123,20 @@ fn accepted(config: &Config) {
                 );
             }
         }
-        assert!(others <= 10_000, "route {r:?}: percents sum to {others} buckets");
+        assert!(
+            others <= 10_000,
+            "route {r:?}: percents sum to {others} buckets"
+        );
         match route.kind {
             RouteKind::Gate => assert!(
                 route.split.is_empty() && !route.overrides.is_empty(),
                 "route {r:?}: a gate with a split or without overrides"
             ),
             RouteKind::Experiment => {
-                assert!(!route.split.is_empty(), "route {r:?}: an experiment without variants")
+                assert!(
+                    !route.split.is_empty(),
+                    "route {r:?}: an experiment without variants"
+                )
             }
             _ => {}
         }
@@ -127,15 +144,27 @@ fn accepted(config: &Config) {
             assert!(slot_ok(*slot), "route {r:?}: override slot {slot:?}");
         }
         for header in &route.overrides.headers {
-            assert!(slot_ok(header.backend), "route {r:?}: override slot {:?}", header.backend);
+            assert!(
+                slot_ok(header.backend),
+                "route {r:?}: override slot {:?}",
+                header.backend
+            );
         }
 
         // Every share the route can be asked to split by: the configured one and, with a
         // rollout, each of its steps in place of the first entry.
         let mut firsts: Vec<Option<Percent>> = vec![None];
         if let Some(rollout) = &route.rollout {
-            assert_eq!(route.kind, RouteKind::Canary, "route {r:?}: rollout on a {:?}", route.kind);
-            assert!(!route.split.is_empty(), "route {r:?}: rollout without a split");
+            assert_eq!(
+                route.kind,
+                RouteKind::Canary,
+                "route {r:?}: rollout on a {:?}",
+                route.kind
+            );
+            assert!(
+                !route.split.is_empty(),
+                "route {r:?}: rollout without a split"
+            );
             assert!(
                 rollout.steps.first().is_some_and(|s| *s > Percent::ZERO),
                 "route {r:?}: rollout steps {:?}",
@@ -146,7 +175,10 @@ fn accepted(config: &Config) {
                 "route {r:?}: rollout steps do not rise: {:?}",
                 rollout.steps
             );
-            assert!(!rollout.step_interval.is_zero(), "route {r:?}: step_interval 0");
+            assert!(
+                !rollout.step_interval.is_zero(),
+                "route {r:?}: step_interval 0"
+            );
             for step in &rollout.steps {
                 percent_round_trips(r, *step);
                 let total = others + u32::from(step.buckets());
@@ -164,7 +196,10 @@ fn accepted(config: &Config) {
             assert_eq!(total, 10_000, "route {r:?}: shares {shares:?} at {first:?}");
             for bucket in [0u16, 1, 4_999, 5_000, 9_998, 9_999] {
                 if let Some(slot) = route.split_slot(bucket, first) {
-                    assert!(slot_ok(slot), "route {r:?}: bucket {bucket} to slot {slot:?}");
+                    assert!(
+                        slot_ok(slot),
+                        "route {r:?}: bucket {bucket} to slot {slot:?}"
+                    );
                 }
             }
         }
@@ -179,14 +214,19 @@ fn accepted(config: &Config) {
                 "route {r:?}: {breaker:?}"
             );
             assert!(breaker.half_open_requests >= 1, "route {r:?}: {breaker:?}");
-            assert!(breaker.window >= Duration::from_millis(100), "route {r:?}: {breaker:?}");
+            assert!(
+                breaker.window >= Duration::from_millis(100),
+                "route {r:?}: {breaker:?}"
+            );
             assert!(
                 breaker.grpc_error_codes.iter().all(|c| *c <= 16),
                 "route {r:?}: {breaker:?}"
             );
             if let Some(latency) = &breaker.max_latency {
                 assert!(
-                    latency.quantile > 0.0 && latency.quantile < 1.0 && !latency.threshold.is_zero(),
+                    latency.quantile > 0.0
+                        && latency.quantile < 1.0
+                        && !latency.threshold.is_zero(),
                     "route {r:?}: {breaker:?}"
                 );
             }

@@ -56,10 +56,7 @@ fn cap(data: &[u8]) -> &[u8] {
 /// The inspector over `data` in reads of the sizes `sizes` gives: the first request it
 /// flagged. Panics if a byte comes out changed.
 fn inspect(data: &[u8], sizes: impl FnMut() -> usize + Unpin) -> Option<u64> {
-    let mut io = InspectedIo::new(Reads {
-        rest: data,
-        sizes,
-    });
+    let mut io = InspectedIo::new(Reads { rest: data, sizes });
     let mut out = Vec::with_capacity(data.len());
     let mut buf = vec![0u8; data.len() + 1];
     let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -95,7 +92,10 @@ impl<F: FnMut() -> usize + Unpin> AsyncRead for Reads<'_, F> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let n = (this.sizes)().max(1).min(buf.remaining()).min(this.rest.len());
+        let n = (this.sizes)()
+            .max(1)
+            .min(buf.remaining())
+            .min(this.rest.len());
         let (now, later) = this.rest.split_at(n);
         buf.put_slice(now);
         this.rest = later;
@@ -367,7 +367,11 @@ fn check_served(data: &[u8], seen: &[Seen], flags: &H1Flags) {
             "{}: flagged {} but its head {} both Content-Length and Transfer-Encoding",
             shown(s),
             s.flagged,
-            if head.both_lengths { "has" } else { "does not have" }
+            if head.both_lengths {
+                "has"
+            } else {
+                "does not have"
+            }
         );
     }
 }
@@ -502,7 +506,11 @@ fn chunked_length(body: &[u8]) -> Option<usize> {
         if rest.get(line..line + 2)? != b"\r\n" {
             return None;
         }
-        if rest.get(..line)?.iter().any(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b))) {
+        if rest
+            .get(..line)?
+            .iter()
+            .any(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+        {
             return None;
         }
         pos += line + 2;
@@ -568,7 +576,8 @@ mod tests {
 
     #[test]
     fn the_reference_framer_stops_where_it_is_unsure() {
-        let odd_chunk = b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n";
+        let odd_chunk =
+            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n";
         let heads = reference_heads(&[&odd_chunk[..], SIZED].concat());
         assert_eq!(heads.len(), 1);
         assert!(reference_heads(&[H2_PREFACE, SIZED].concat()).is_empty());

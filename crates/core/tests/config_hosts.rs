@@ -34,10 +34,16 @@ fn hosts_no_http_authority_can_hold_are_refused_with_the_url_named() {
 #[test]
 fn ascii_names_punycode_and_addresses_are_accepted_and_keep_their_authority() {
     for (url, authority) in [
-        ("http://xn--bcher-kva.example:80", "xn--bcher-kva.example:80"),
+        (
+            "http://xn--bcher-kva.example:80",
+            "xn--bcher-kva.example:80",
+        ),
         ("http://127.0.0.1:3000", "127.0.0.1:3000"),
         ("https://[::1]:8443", "[::1]:8443"),
-        ("http://Stable_Backend.svc.cluster.local", "stable_backend.svc.cluster.local:80"),
+        (
+            "http://Stable_Backend.svc.cluster.local",
+            "stable_backend.svc.cluster.local:80",
+        ),
     ] {
         let config = parse(&config(url)).unwrap_or_else(|e| panic!("{url}: {}", e.render("f")));
         assert_eq!(config.upstreams[0].authority, authority, "{url}");
