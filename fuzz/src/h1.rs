@@ -589,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "changed its verdict after the request reached the service")]
+    #[should_panic(expected = "verdict changed after the request reached the service")]
     fn a_request_flagged_after_it_reached_the_service_fails() {
         let data = pipeline();
         let flags = flags_after(&data);
