@@ -47,11 +47,20 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 run_target() {
-    local target="$1" work="$scratch/$1"
-    mkdir -p "$work/corpus" "fuzz/artifacts/$target"
+    local target="$1" work="$scratch/$1" input
+    mkdir -p "$work/corpus" "$work/seeds" "fuzz/artifacts/$target"
+    # Seeds: the corpus and the kept regressions, less those skipped as known (NAME.skip),
+    # which would stop the run at once.
+    cp fuzz/corpus/"$target"/* "$work/seeds/"
+    for input in fuzz/regressions/"$target"/*; do
+        case "$input" in *.skip | *.md) continue ;; esac
+        if [ -f "$input" ] && [ ! -f "$input.skip" ]; then
+            cp "$input" "$work/seeds/regression-$(basename "$input")"
+        fi
+    done
     # libFuzzer adds what it finds to the first directory: a scratch one, so the checked-in
     # corpus stays as reviewed.
-    "$BIN/$target" "$work/corpus" "fuzz/corpus/$target" "fuzz/regressions/$target" \
+    "$BIN/$target" "$work/corpus" "$work/seeds" \
         -dict="fuzz/dict/${DICT[$target]}" \
         -max_len="${MAX_LEN[$target]}" \
         -max_total_time="$FUZZ_SECONDS" \
