@@ -1,7 +1,7 @@
 //! Criterion benches of the per-request work Rampart adds to a proxied request, through the
 //! public APIs of `rampart-core` and `rampart-proxy`:
 //!
-//! - `bucket/*`: hashing an identity into one of 10,000 buckets (SPEC section 3);
+//! - `bucket/*`: hashing an identity into one of 10,000 buckets (docs/routing.md#bucketing);
 //! - `decision/*`: the whole per-request decision the handler makes before it picks an
 //!   upstream: route match over four routes, client address and identity extraction,
 //!   overrides, kill and breaker gates, health, and the split; on a route with and without a
@@ -10,26 +10,21 @@
 //!   threads hammering one breaker (contended figures are wall time per operation per
 //!   thread; this machine has 2 cores, so 4 threads are oversubscribed on purpose).
 //!
-//! The decision mirrors `ProxyState::decide` in `crates/proxy/src/handler.rs` (private)
-//! step by step; keep them in step. Run: `cargo bench --bench decision`.
+//! The decision is the request path's own (`ProxyState::decide_request`, the one decision
+//! function in `crates/proxy/src/decide.rs`). Run: `cargo bench --bench decision`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::request::Parts;
 use rampart_core::breaker::{Admission, Breaker, Outcome};
-use rampart_core::bucket::{bucket_for, bucket_of, key_prefix, BUCKETS};
-use rampart_core::config::{self, BackendSlot, Config, UpstreamId};
-use rampart_core::decision::{self, Decision, Gates};
-use rampart_core::identity;
-use rampart_core::matching::match_route;
-use rampart_proxy::facts::HttpFacts;
-use std::cell::Cell;
-use std::collections::HashSet;
+use rampart_core::bucket::{bucket_for, bucket_of, key_prefix};
+use rampart_core::config;
+use rampart_proxy::completion::{record_attempt, Verdict};
+use rampart_proxy::{Metrics, ProxyState, Snapshot, SnapshotSource};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -99,111 +94,23 @@ fn request(i: usize) -> Parts {
     parts
 }
 
-/// What the handler's gates consult, shaped as in `crates/proxy/src/handler.rs`: admin
-/// kills behind an `ArcSwap`, one breaker per non-stable slot of the checkout route, and a
-/// health flag per upstream.
-struct World {
-    config: Config,
-    kills: ArcSwap<HashSet<String>>,
-    /// Breakers by route index (only the checkout route's canary slot has one).
-    breakers: Vec<Option<Arc<Breaker>>>,
-    healthy: Vec<AtomicBool>,
-}
-
-impl World {
-    fn new(with_breaker: bool) -> World {
-        let config = config::parse(&config_yaml(with_breaker)).expect("bench config is valid");
-        let now = Instant::now();
-        let breakers = config
-            .routes
-            .iter()
-            .map(|r| r.breaker.clone().map(|b| Arc::new(Breaker::new(b, now))))
-            .collect();
-        let healthy = config
-            .upstreams
-            .iter()
-            .map(|_| AtomicBool::new(true))
-            .collect();
-        World {
-            config,
-            kills: ArcSwap::from_pointee(HashSet::new()),
-            breakers,
-            healthy,
-        }
-    }
-}
-
-struct BenchGates<'a> {
-    world: &'a World,
-    now: Instant,
-    admission: Cell<Admission>,
-}
-
-impl Gates for BenchGates<'_> {
-    fn admin_killed(&self, route: usize) -> bool {
-        let kills = self.world.kills.load();
-        !kills.is_empty()
-            && self
-                .world
-                .config
-                .routes
-                .get(route)
-                .is_some_and(|r| kills.contains(&r.name))
-    }
-
-    fn breaker_admits(&self, route: usize, slot: BackendSlot) -> bool {
-        let Some(Some(breaker)) = self.world.breakers.get(route) else {
-            return true;
-        };
-        if slot.is_stable() {
-            return true;
-        }
-        let (admission, _transition) = breaker.admit(self.now);
-        self.admission.set(admission);
-        admission.admitted()
-    }
-
-    fn healthy(&self, upstream: UpstreamId) -> bool {
-        self.world
-            .healthy
-            .get(upstream.index())
-            .is_none_or(|h| h.load(Ordering::Acquire))
-    }
-}
-
-/// The handler's decision: route match, client address, identity, candidate, gates.
-fn decide(
-    world: &World,
-    parts: &Parts,
-    peer: IpAddr,
-    now: Instant,
-) -> (Option<usize>, Decision, Admission) {
-    let config = &world.config;
-    let facts = HttpFacts::new(parts);
-    let index = match_route(config, &facts).expect("the request matches the checkout route");
-    let route = &config.routes[index];
-    let xff = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let client_ip = identity::client_ip(peer, xff, &config.trusted_proxies);
-    let id = identity::extract(&route.identity, &facts, Some(client_ip));
-    let candidate = decision::candidate(
+/// The data plane's real state over the bench config: the decision is the request path's
+/// own (`ProxyState::decide_request`), gates and all.
+fn state(with_breaker: bool) -> ProxyState {
+    rampart_proxy::tls::install_crypto_provider();
+    let config =
+        Arc::new(config::parse(&config_yaml(with_breaker)).expect("bench config is valid"));
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).expect("metrics register");
+    let snapshot = Snapshot::build(
         config,
-        route,
-        &facts,
-        id.as_ref().map(|i| i.as_str()),
-        || fastrand::u16(..BUCKETS),
+        SnapshotSource::default(),
+        &metrics,
         None,
-    );
-    let gates = BenchGates {
-        world,
-        now,
-        admission: Cell::new(Admission::Admitted),
-    };
-    let decided = decision::gate(index, route, candidate, &gates);
-    (Some(index), decided, gates.admission.get())
+        &HashMap::new(),
+    )
+    .expect("snapshot builds");
+    ProxyState::new(snapshot, metrics)
 }
 
 fn bench_bucket(c: &mut Criterion) {
@@ -234,32 +141,33 @@ fn bench_decision(c: &mut Criterion) {
             true,
         ),
     ] {
-        let world = World::new(with_breaker);
+        let state = state(with_breaker);
+        let snapshot = state.snapshot.load_full();
         let now = Instant::now();
         let mut i = 0usize;
         c.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % POOL;
-                black_box(decide(&world, black_box(&requests[i]), peer, now))
+                black_box(state.decide_request(&snapshot, black_box(&requests[i]), peer, now))
             })
         });
     }
-    let world = World::new(true);
+    let state = state(true);
+    let snapshot = state.snapshot.load_full();
     let now = Instant::now();
     let mut i = 0usize;
-    let ok = Outcome {
-        error: false,
-        latency: Duration::from_micros(300),
-    };
     c.bench_function("decision/with breaker, then outcome recorded", |b| {
         b.iter(|| {
             i = (i + 1) % POOL;
-            let (route, decided, admission) = decide(&world, black_box(&requests[i]), peer, now);
-            if let (Some(r), false) = (route, decided.slot.is_stable()) {
-                if let Some(Some(breaker)) = world.breakers.get(r) {
-                    black_box(breaker.record(now, admission, ok));
-                }
-            }
+            let decided = state.decide_request(&snapshot, black_box(&requests[i]), peer, now);
+            record_attempt(
+                &state,
+                &snapshot,
+                decided.route,
+                decided.decision.slot,
+                decided.admission,
+                Verdict::Ok(Duration::from_micros(300)),
+            );
             black_box(decided)
         })
     });

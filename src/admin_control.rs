@@ -11,12 +11,14 @@
 use crate::runtime::{self, BindError, Loaded, Runtime, LAST_GOOD_FILE};
 use rampart_admin::api::{self, AdminApi, AdminControl, Caller, ControlError};
 use rampart_admin::audit::{self, rfc3339_millis, AuditLog, NewEntry};
+use rampart_admin::status;
 use rampart_admin::tokens::TokenStore;
+
 use rampart_core::breaker::BreakerState;
 use rampart_core::clock::{Clock, SystemClock};
-use rampart_core::config::{self, BackendSlot, Config, Route, UpstreamId};
-use rampart_core::decision::{self, Gates};
-use rampart_proxy::handler::{ProxyEvent, ProxyState};
+use rampart_core::config::{self, BackendSlot, Config, Route};
+use rampart_core::decision;
+use rampart_proxy::handler::ProxyEvent;
 use rampart_proxy::{Snapshot, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -36,16 +38,8 @@ pub const PREVIOUS_GOOD_FILE: &str = "previous-good.yaml";
 /// The rollback pin, in `state_dir`.
 pub const PIN_FILE: &str = "pinned.json";
 
-/// Who set an override (kill or pause), why and when: shown by status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Override {
-    /// The operator's reason.
-    pub reason: String,
-    /// The token's name.
-    pub actor: String,
-    /// When, RFC 3339 UTC.
-    pub at: String,
-}
+/// Who set an override (kill or pause), why and when: kept in `state_dir`, shown by status.
+pub use rampart_admin::status::Override;
 
 /// A rollback in force: the config file's content it waits for to change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,10 +71,14 @@ impl Applied {
     }
 
     fn summary(&self) -> Value {
-        json!({
-            "sha256": self.source.sha256,
-            "source": self.source.path.as_ref().map(|p| p.display().to_string()),
-        })
+        json!(self.reference())
+    }
+
+    fn reference(&self) -> status::ConfigRef {
+        status::ConfigRef {
+            sha256: self.source.sha256.clone(),
+            source: self.source.path.as_ref().map(|p| p.display().to_string()),
+        }
     }
 }
 
@@ -95,8 +93,11 @@ struct Inner {
     cause: Option<&'static str>,
     kills: BTreeMap<String, Override>,
     paused: BTreeMap<String, Override>,
-    last_reload: Option<Value>,
+    last_reload: Option<status::LastReload>,
 }
+
+/// The last breaker transition of each (route, backend) since start, for status.
+type BreakerLog = Mutex<BTreeMap<(String, String), status::BreakerTransition>>;
 
 /// The runtime's admin state: overrides, config history, pin, audit log.
 pub struct RuntimeAdmin {
@@ -104,6 +105,8 @@ pub struct RuntimeAdmin {
     /// The audit log, when there is a `state_dir`.
     pub audit: Option<Arc<AuditLog>>,
     inner: Mutex<Inner>,
+    /// Each breaker's last transition: the cause status shows beside its state.
+    breakers: Arc<BreakerLog>,
 }
 
 fn now_text() -> String {
@@ -240,6 +243,7 @@ impl RuntimeAdmin {
             state_dir,
             audit: audit_log,
             inner: Mutex::new(inner),
+            breakers: Arc::default(),
         }
     }
 
@@ -267,12 +271,12 @@ impl RuntimeAdmin {
             tracing::warn!(routes = ?kills, "admin kills from state_dir are in force");
         }
         runtime.state.admin_kills.store(Arc::new(kills));
-        if let Some(audit) = &self.audit {
+        let audit_tx = self.audit.as_ref().and_then(|audit| {
             let (tx, rx) = std::sync::mpsc::channel::<NewEntry>();
             let writer = Arc::clone(audit);
             // Breaker transitions happen on the request path: they are written by a thread
             // of their own so no request waits for an fsync.
-            let spawned = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name("rampart-audit".into())
                 .spawn(move || {
                     for entry in rx {
@@ -280,18 +284,19 @@ impl RuntimeAdmin {
                             tracing::error!(error = %e, "cannot write the audit log");
                         }
                     }
-                });
-            if spawned.is_ok() {
-                let _ = runtime
-                    .state
-                    .events
-                    .set(Arc::new(move |event: &ProxyEvent| {
-                        let entry = breaker_entry(event);
-                        rampart_admin::audit::log_entry(&entry);
-                        let _ = tx.send(entry);
-                    }));
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        let breakers = Arc::clone(&self.breakers);
+        runtime.state.subscribe(Arc::new(move |event: &ProxyEvent| {
+            remember_transition(&breakers, event);
+            if let Some(tx) = &audit_tx {
+                let entry = breaker_entry(event);
+                rampart_admin::audit::log_entry(&entry);
+                let _ = tx.send(entry);
             }
-        }
+        }));
         let snapshot = runtime.state.snapshot.load_full();
         self.record(&NewEntry::new(
             "system",
@@ -348,8 +353,11 @@ impl RuntimeAdmin {
             "routes_changed": routes_changed(&old.config, &new.config),
             "unpinned": unpinned,
         });
-        inner.last_reload =
-            Some(json!({"result": "applied", "at": now_text(), "sha256": new.source.sha256}));
+        inner.last_reload = Some(status::LastReload {
+            result: status::ReloadResult::Applied,
+            at: now_text(),
+            sha256: new.source.sha256.clone(),
+        });
         drop(inner);
         self.record(&NewEntry::new("system", "config.applied", detail));
     }
@@ -359,8 +367,11 @@ impl RuntimeAdmin {
     pub fn rejected(&self, file: &Path, sha256: &str, error: &str) {
         {
             let mut inner = self.lock();
-            inner.last_reload =
-                Some(json!({"result": "rejected", "at": now_text(), "sha256": sha256}));
+            inner.last_reload = Some(status::LastReload {
+                result: status::ReloadResult::Rejected,
+                at: now_text(),
+                sha256: sha256.to_string(),
+            });
             if inner.pin.take().is_some() {
                 if let Some(dir) = &self.state_dir {
                     let _ = std::fs::remove_file(dir.join(PIN_FILE));
@@ -452,43 +463,110 @@ fn breaker_entry(event: &ProxyEvent) -> NewEntry {
 }
 
 /// One side's step figures for status.
-fn figures_json(side: &rampart_core::rollout::SideFigures) -> Value {
-    json!({
-        "requests": side.requests,
-        "errors": side.errors,
-        "error_rate": side.error_rate(),
-        "p99_ms": side.p99.map(|d| d.as_secs_f64() * 1000.0),
-    })
+fn side_status(side: &rampart_core::rollout::SideFigures) -> status::SideFigures {
+    status::SideFigures {
+        requests: side.requests,
+        errors: side.errors,
+        error_rate: side.error_rate(),
+        p99_ms: side.p99.map(|d| d.as_secs_f64() * 1000.0),
+    }
 }
 
-/// The gates as they stand, without side effects: a breaker is asked for its state, not for
-/// a probe slot, so explaining never takes one from real traffic.
-struct ReadOnlyGates<'a> {
-    state: &'a ProxyState,
-    snapshot: &'a Snapshot,
+/// A step's figures for status.
+fn step_status(f: &rampart_core::rollout::StepFigures) -> status::StepFigures {
+    status::StepFigures {
+        canary: side_status(&f.canary),
+        stable: side_status(&f.stable),
+        breaker_opened: f.breaker_opened,
+    }
 }
 
-impl Gates for ReadOnlyGates<'_> {
-    fn admin_killed(&self, route: usize) -> bool {
-        self.snapshot
-            .config
-            .routes
-            .get(route)
-            .is_some_and(|r| self.state.admin_kills.load().contains(&r.name))
+fn breaker_state(state: BreakerState) -> status::BreakerState {
+    match state {
+        BreakerState::Closed => status::BreakerState::Closed,
+        BreakerState::Open => status::BreakerState::Open,
+        BreakerState::HalfOpen => status::BreakerState::HalfOpen,
     }
-    fn breaker_admits(&self, route: usize, slot: BackendSlot) -> bool {
-        self.snapshot
-            .routes
-            .get(route)
-            .and_then(|r| r.slot(slot))
-            .and_then(|s| s.breaker.as_ref())
-            .is_none_or(|b| b.state() == BreakerState::Closed)
+}
+
+fn window_status(f: &rampart_core::breaker::WindowFigures) -> status::BreakerWindow {
+    status::BreakerWindow {
+        requests: f.requests,
+        errors: f.errors,
+        error_rate: f.error_rate(),
+        slow: f.slow,
+        consecutive_errors: f.consecutive_errors,
     }
-    fn healthy(&self, upstream: UpstreamId) -> bool {
-        self.snapshot
-            .upstreams
-            .get(upstream.index())
-            .is_none_or(|u| u.is_healthy())
+}
+
+/// Keeps a breaker transition as its backend's last one, for status.
+fn remember_transition(log: &BreakerLog, event: &ProxyEvent) {
+    let ProxyEvent::Breaker {
+        route,
+        backend,
+        transition: t,
+    } = event
+    else {
+        return;
+    };
+    let last = status::BreakerTransition {
+        from: breaker_state(t.from),
+        to: breaker_state(t.to),
+        cause: t.cause.as_str().to_string(),
+        at: now_text(),
+        window: window_status(&t.figures),
+    };
+    if let Ok(mut log) = log.lock() {
+        log.insert((route.clone(), backend.clone()), last);
+    }
+}
+
+fn millis_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A route's rollout for status: its persistent state, its schedule and this step so far.
+fn rollout_status(
+    rollout: &rampart_proxy::rollout::RolloutRuntime,
+    state: &rampart_core::rollout::RolloutState,
+    config: &rampart_core::config::RolloutConfig,
+) -> status::RolloutStatus {
+    let phase = match state.status {
+        rampart_core::rollout::RolloutStatus::Progressing => status::RolloutPhase::Progressing,
+        rampart_core::rollout::RolloutStatus::Paused => status::RolloutPhase::Paused,
+        rampart_core::rollout::RolloutStatus::Promoted => status::RolloutPhase::Promoted,
+        rampart_core::rollout::RolloutStatus::Aborted => status::RolloutPhase::Aborted,
+    };
+    status::RolloutStatus {
+        step: state.step,
+        status: phase,
+        percent: state.percent.to_string(),
+        percent_buckets: state.percent.buckets(),
+        step_started_ms: millis_since_epoch(state.step_started),
+        next_decision_ms: millis_since_epoch(state.next_decision),
+        operator_paused: state.operator_paused,
+        block: state.block.clone(),
+        schedule_start_ms: millis_since_epoch(state.schedule_start),
+        baseline: state.baseline.as_ref().map(side_status),
+        last_analysis: state.last_analysis.as_ref().map(|a| status::LastAnalysis {
+            at_ms: millis_since_epoch(a.at),
+            at: Some(rfc3339_millis(a.at)),
+            step: a.step,
+            verdict: a.verdict.as_str().to_string(),
+            canary: side_status(&a.figures.canary),
+            stable: side_status(&a.figures.stable),
+            breaker_opened: a.figures.breaker_opened,
+        }),
+        steps: config.steps.iter().map(|p| p.to_string()).collect(),
+        step_interval_ms: u64::try_from(config.step_interval.as_millis()).unwrap_or(u64::MAX),
+        current_percent: rollout.first_entry().to_string(),
+        fleet: config.prometheus.is_some(),
+        next_decision_at: (state.status == rampart_core::rollout::RolloutStatus::Progressing)
+            .then(|| rfc3339_millis(state.next_decision)),
+        step_started_at: Some(rfc3339_millis(state.step_started)),
+        this_step: step_status(&rollout.figures()),
     }
 }
 
@@ -584,21 +662,30 @@ fn round2(x: f64) -> f64 {
     (x * 10_000.0).round() / 100.0
 }
 
-impl AdminControl for Control {
-    fn status(&self) -> Value {
+impl Control {
+    /// The replica's status document (`GET /v1/status`, `docs/admin.md#status`), built from
+    /// one snapshot: the applied config, every route's splits, breakers, kills and rollout,
+    /// and every upstream.
+    fn status_document(&self) -> status::Status {
         let state = &self.runtime.state;
         let snapshot = state.snapshot.load_full();
         let config = &snapshot.config;
         let now = Instant::now();
         let wall = SystemTime::now();
         let inner = self.admin().lock();
+        let transitions = self
+            .admin()
+            .breakers
+            .lock()
+            .map(|log| log.clone())
+            .unwrap_or_default();
         let admin_kills = state.admin_kills.load();
         let expired: Vec<&str> = config
             .expired_routes(wall)
             .iter()
             .map(|r| r.name.as_str())
             .collect();
-        let routes: Vec<Value> = config
+        let routes = config
             .routes
             .iter()
             .enumerate()
@@ -611,161 +698,148 @@ impl AdminControl for Control {
                         .map(|u| u.name.clone())
                         .unwrap_or_default()
                 };
-                let configured: BTreeMap<String, f64> = split
+                let configured_split = split
                     .iter()
                     .map(|(slot, share, _)| (name_of(*slot), percent(share.buckets())))
                     .collect();
-                let effective: BTreeMap<String, f64> = split
+                let effective_split = split
                     .iter()
                     .map(|(slot, _, ratio)| (name_of(*slot), round2(*ratio)))
                     .collect();
-                let backends: Vec<Value> = route
+                let backends = route
                     .backends
                     .iter()
                     .enumerate()
                     .map(|(slot_index, id)| {
                         let slot = BackendSlot(u8::try_from(slot_index).unwrap_or(u8::MAX));
+                        let name = name_of(slot);
                         let upstream = snapshot.upstreams.get(id.index());
                         let breaker = rt
                             .and_then(|r| r.slot(slot))
                             .and_then(|s| s.breaker.as_ref())
                             .map(|b| {
                                 let next = b.next_probe_at();
-                                let figures = b.figures(now);
-                                json!({
-                                    "state": b.state().as_str(),
-                                    "next_probe_at": next.map(|at| rfc3339_millis(wall + at.saturating_duration_since(now))),
-                                    "next_probe_in_ms": next.map(|at| u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
-                                    "window": {
-                                        "requests": figures.requests,
-                                        "errors": figures.errors,
-                                        "error_rate": figures.error_rate(),
-                                        "slow": figures.slow,
-                                        "consecutive_errors": figures.consecutive_errors,
-                                    },
-                                })
+                                let in_ = next.map(|at| at.saturating_duration_since(now));
+                                status::BreakerStatus {
+                                    state: breaker_state(b.state()),
+                                    next_probe_at: in_.map(|d| rfc3339_millis(wall + d)),
+                                    next_probe_in_ms: in_
+                                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                                    window: window_status(&b.figures(now)),
+                                    last_transition: transitions
+                                        .get(&(route.name.clone(), name.clone()))
+                                        .cloned(),
+                                }
                             });
-                        json!({
-                            "backend": name_of(slot),
-                            "stable": slot.is_stable(),
-                            "healthy": upstream.is_none_or(|u| u.is_healthy()),
-                            "inflight": upstream.map(|u| u.inflight()),
-                            "breaker": breaker,
-                        })
+                        status::BackendStatus {
+                            backend: name,
+                            stable: slot.is_stable(),
+                            healthy: upstream.is_none_or(|u| u.is_healthy()),
+                            inflight: upstream.map(|u| u.inflight()),
+                            breaker,
+                        }
                     })
                     .collect();
                 let mut kills = Vec::new();
                 if let Some(reason) = &route.killed {
-                    kills.push(json!({"source": "config", "reason": reason}));
+                    kills.push(status::Kill {
+                        source: status::KillSource::Config,
+                        reason: Some(reason.clone()),
+                        actor: None,
+                        at: None,
+                    });
                 }
                 if admin_kills.contains(&route.name) {
                     let record = inner.kills.get(&route.name);
-                    kills.push(json!({
-                        "source": "admin",
-                        "reason": record.map(|r| r.reason.as_str()),
-                        "actor": record.map(|r| r.actor.as_str()),
-                        "at": record.map(|r| r.at.as_str()),
-                    }));
+                    kills.push(status::Kill {
+                        source: status::KillSource::Admin,
+                        reason: record.map(|r| r.reason.clone()),
+                        actor: record.map(|r| r.actor.clone()),
+                        at: record.map(|r| r.at.clone()),
+                    });
                 }
-                let pause = inner.paused.get(&route.name);
+                let pause = inner.paused.get(&route.name).cloned();
                 let rollout = rt
                     .and_then(|r| r.rollout.as_ref())
                     .and_then(|r| r.snapshot().map(|(state, config)| (r, state, config)))
-                    .map(|(r, state, config)| {
-                        let mut value = crate::rollout_store::state_json(&state);
-                        let millis_to_rfc3339 = |ms: &Value| {
-                            ms.as_u64().map(|ms| {
-                                rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-                            })
-                        };
-                        value["steps"] = json!(config.steps.iter().map(|p| p.to_string()).collect::<Vec<_>>());
-                        value["step_interval_ms"] = json!(u64::try_from(config.step_interval.as_millis()).unwrap_or(u64::MAX));
-                        value["current_percent"] = json!(r.first_entry().to_string());
-                        value["fleet"] = json!(config.prometheus.is_some());
-                        value["next_decision_at"] = if state.status == rampart_core::rollout::RolloutStatus::Progressing {
-                            millis_to_rfc3339(&value["next_decision_ms"]).map(Value::String).unwrap_or(Value::Null)
-                        } else {
-                            Value::Null
-                        };
-                        value["step_started_at"] = millis_to_rfc3339(&value["step_started_ms"]).map(Value::String).unwrap_or(Value::Null);
-                        value["this_step"] = json!({
-                            "canary": figures_json(&r.figures().canary),
-                            "stable": figures_json(&r.figures().stable),
-                            "breaker_opened": r.figures().breaker_opened,
-                        });
-                        value
-                    })
-                    .unwrap_or(Value::Null);
-                json!({
-                    "name": route.name,
-                    "kind": route.kind.as_str(),
-                    "owner": route.owner,
-                    "expires": route.expires_text,
-                    "expired": expired.contains(&route.name.as_str()),
-                    "stable": name_of(BackendSlot::STABLE),
-                    "configured_split": configured,
-                    "effective_split": effective,
-                    "backends": backends,
-                    "killed": !kills.is_empty(),
-                    "kills": kills,
-                    "paused": pause.is_some(),
-                    "pause": pause,
-                    "rollout": rollout,
-                })
+                    .map(|(r, state, config)| rollout_status(r, &state, &config));
+                status::RouteStatus {
+                    name: route.name.clone(),
+                    kind: route.kind.as_str().to_string(),
+                    owner: route.owner.clone(),
+                    expires: route.expires_text.clone(),
+                    expired: expired.contains(&route.name.as_str()),
+                    stable: name_of(BackendSlot::STABLE),
+                    configured_split,
+                    effective_split,
+                    backends,
+                    killed: !kills.is_empty(),
+                    kills,
+                    paused: pause.is_some(),
+                    pause,
+                    rollout,
+                }
             })
             .collect();
-        let upstreams: Vec<Value> = config
+        let upstreams = config
             .upstreams
             .iter()
             .zip(snapshot.upstreams.iter())
-            .map(|(u, rt)| {
-                json!({
-                    "name": u.name,
-                    "url": u.url,
-                    "healthy": rt.is_healthy(),
-                    "health_check": u.health_check.is_some(),
-                    "inflight": rt.inflight(),
-                    "max_inflight": u.max_inflight,
-                })
+            .map(|(u, rt)| status::UpstreamStatus {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                healthy: rt.is_healthy(),
+                health_check: u.health_check.is_some(),
+                inflight: rt.inflight(),
+                max_inflight: u.max_inflight,
             })
             .collect();
         // Kills of routes the applied config no longer has: kept, in force if they return.
-        let dormant_kills: BTreeMap<&String, &Override> = inner
+        let dormant_admin_kills = inner
             .kills
             .iter()
             .filter(|(name, _)| config.route(name).is_none())
+            .map(|(name, o)| (name.clone(), o.clone()))
             .collect();
-        json!({
-            "config": {
-                "schema": config.version,
-                "sha256": snapshot.source.sha256,
-                "source": snapshot.source.path.as_ref().map(|p| p.display().to_string()),
-                "file": self.config_path.display().to_string(),
-                "previous": inner.previous.as_ref().map(Applied::summary),
-                "pinned": inner.pin.as_ref().map(|p| json!({
-                    "config_sha256": p.config_sha256,
-                    "until_file_changes_from": p.file_sha256,
-                    "actor": p.actor,
-                    "reason": p.reason,
-                    "at": p.at,
-                })),
-                "last_reload": inner.last_reload,
+        status::Status {
+            config: status::ConfigStatus {
+                schema: config.version,
+                sha256: snapshot.source.sha256.clone(),
+                source: snapshot
+                    .source
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                file: self.config_path.display().to_string(),
+                previous: inner.previous.as_ref().map(Applied::reference),
+                pinned: inner.pin.as_ref().map(|p| status::RollbackPin {
+                    config_sha256: p.config_sha256.clone(),
+                    until_file_changes_from: p.file_sha256.clone(),
+                    actor: p.actor.clone(),
+                    reason: p.reason.clone(),
+                    at: p.at.clone(),
+                }),
+                last_reload: inner.last_reload.clone(),
             },
-            "routes": routes,
-            "upstreams": upstreams,
-            "dormant_admin_kills": dormant_kills,
-        })
+            routes,
+            upstreams,
+            dormant_admin_kills,
+        }
+    }
+}
+
+impl AdminControl for Control {
+    fn status(&self) -> Value {
+        serde_json::to_value(self.status_document())
+            .unwrap_or_else(|e| json!({"error": format!("cannot encode the status: {e}")}))
     }
 
     fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError> {
         let state = &self.runtime.state;
         let snapshot = state.snapshot.load_full();
         let config = &snapshot.config;
-        let gates = ReadOnlyGates {
-            state,
-            snapshot: &snapshot,
-        };
-        let decided = decision::explain(config, route, identity, &gates, None)
+        let (_, decided) = state
+            .explain(&snapshot, route, identity, &decision::IdentityOnly)
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
         let r = config
             .route(route)

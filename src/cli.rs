@@ -54,7 +54,15 @@ pub enum Command {
         /// How long the first act (split and breaker) runs, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Where the full JSON logs go: `stderr`, or a file (default: a new file in the
+        /// temporary directory, named at the end). The screen shows the table and events.
+        #[arg(long, value_name = "stderr|FILE")]
+        logs: Option<String>,
     },
+    /// What an SRE looks at in an incident: one replica from its admin API (`--admin`), or
+    /// the whole fleet from Prometheus (`--prometheus --selector`). See docs/status.md.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["admin", "prometheus"])))]
+    Status(StatusArgs),
     /// A tiny HTTP/1.1 upstream for demos and tests: answers every path with 200 naming its
     /// version, `/healthz` 200, and fails or slows down on demand (these flags, or at run time
     /// `POST /control?fail_rate=0.5&delay_ms=200`).
@@ -72,6 +80,44 @@ pub enum Command {
         #[arg(long, default_value = "0", value_parser = crate::demo_upstream::parse_delay_ms)]
         delay_ms: u64,
     },
+}
+
+/// `rampart status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// One replica: its admin API's base URL (`http://127.0.0.1:9901`; https when the admin
+    /// API listens off loopback).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// A file holding the admin bearer token [default: $RAMPART_ADMIN_TOKEN].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "admin",
+        conflicts_with = "prometheus"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// A PEM CA bundle to trust besides the system roots, for an https admin API or
+    /// Prometheus with a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The fleet: the base URL of the Prometheus that scrapes the replicas.
+    #[arg(long, value_name = "URL", requires = "selector")]
+    pub prometheus: Option<String>,
+    /// With --prometheus: the label matchers that select the replicas, e.g. '{app="shop"}'.
+    #[arg(
+        long,
+        value_name = "SEL",
+        requires = "prometheus",
+        conflicts_with = "admin"
+    )]
+    pub selector: Option<String>,
+    /// Redraw every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the data as JSON (one document a line with --watch).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rampart audit ...` commands.

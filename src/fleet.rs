@@ -37,16 +37,34 @@ pub enum FleetError {
     Bad(String),
 }
 
-type PromClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// An HTTP/1.1 client for `http://` and `https://` URLs (Prometheus, and the admin API for
+/// `rampart status`).
+pub type PromClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn client() -> Option<PromClient> {
-    let tls = rampart_proxy::tls::client_config(None).ok()?;
+    client_with(None).ok()
+}
+
+/// The client, trusting the system roots plus `ca_file` (a private CA) if given.
+pub fn client_with(
+    ca_file: Option<&std::path::Path>,
+) -> Result<PromClient, rampart_proxy::tls::TlsError> {
+    let tls = rampart_proxy::tls::client_config(ca_file)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .build();
-    Some(Client::builder(TokioExecutor::new()).build(https))
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// One sample of an instant vector: its labels and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series' labels (`__name__` included when Prometheus sends it).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The value (NaN is a value, as Prometheus sends it).
+    pub value: f64,
 }
 
 /// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block.
@@ -76,6 +94,19 @@ async fn instant(
     query: &str,
     at: SystemTime,
 ) -> Result<Option<f64>, FleetError> {
+    Ok(instant_vector(client, base, query, at)
+        .await?
+        .first()
+        .map(|s| s.value))
+}
+
+/// One instant query at `at`: every sample of the answer, with its labels.
+pub async fn instant_vector(
+    client: &PromClient,
+    base: &str,
+    query: &str,
+    at: SystemTime,
+) -> Result<Vec<Sample>, FleetError> {
     let time = at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -108,14 +139,24 @@ async fn instant(
     let Some(result) = json["data"]["result"].as_array() else {
         return Err(FleetError::Bad("no result vector".into()));
     };
-    let Some(sample) = result.first() else {
-        return Ok(None);
-    };
-    let value = sample["value"][1]
-        .as_str()
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| FleetError::Bad("sample without a value".into()))?;
-    Ok(Some(value))
+    result
+        .iter()
+        .map(|sample| {
+            let value = sample["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| FleetError::Bad("sample without a value".into()))?;
+            let labels = sample["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Sample { labels, value })
+        })
+        .collect()
 }
 
 fn count(v: Option<f64>) -> u64 {

@@ -8,11 +8,14 @@ mod cli;
 mod commands;
 mod demo;
 mod demo_ramp;
+mod demo_story;
 mod demo_upstream;
 mod fleet;
 mod logging;
+mod ofrep;
 mod rollout_store;
 mod runtime;
+mod status;
 mod watch;
 
 use std::process::ExitCode;

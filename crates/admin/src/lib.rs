@@ -12,4 +12,5 @@
 pub mod api;
 pub mod audit;
 pub mod metrics_server;
+pub mod status;
 pub mod tokens;

@@ -331,6 +331,18 @@ impl Breaker {
         })
     }
 
+    /// Gives back what [`Breaker::admit`] handed out for an attempt that will not be
+    /// judged (the client failed it or went away before the upstream answered): a
+    /// half-open probe slot goes back so another request can probe. Nothing else changes.
+    pub fn release(&self, admission: Admission) {
+        if admission != Admission::Probe || self.state() != BreakerState::HalfOpen {
+            return;
+        }
+        let _ = self
+            .probes_issued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// Records an attempt's outcome at `now`; `admission` is what [`Breaker::admit`]
     /// said for it. Returns the transition this outcome caused, if any.
     pub fn record(
@@ -654,6 +666,30 @@ mod tests {
         let closed = b.record(t5, a2, OK);
         assert_eq!(closed.map(|t| t.to), Some(BreakerState::Closed));
         assert_eq!(b.figures(t5).requests, 0, "closing clears the window");
+    }
+
+    #[test]
+    fn a_released_probe_slot_lets_another_request_probe_and_the_breaker_still_closes() {
+        let t0 = Instant::now();
+        let b = Breaker::new(config(), t0);
+        feed(&b, t0, ERR, 10);
+        let t5 = t0 + Duration::from_secs(5);
+        let (a1, _) = b.admit(t5);
+        let (a2, _) = b.admit(t5);
+        assert_eq!(b.admit(t5).0, Admission::Rejected);
+        // The client behind a1 went away: its probe is not judged, and its slot is free.
+        b.release(a1);
+        let (a3, _) = b.admit(t5);
+        assert_eq!(a3, Admission::Probe);
+        assert!(b.record(t5, a2, OK).is_none());
+        assert_eq!(
+            b.record(t5, a3, OK).map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
+        // Releasing outside half-open, or a non-probe admission, changes nothing.
+        b.release(Admission::Admitted);
+        b.release(Admission::Probe);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

@@ -169,6 +169,32 @@ pub fn candidate<F: RequestFacts + ?Sized>(
     }
 }
 
+/// The first gate that keeps `slot` of a route from taking traffic, in order: killed
+/// (config or admin), breaker, health. `None`: the backend may take the request. Stable is
+/// never gated. This is the one place the gate order lives: the request path, `explain`,
+/// the admin status and the effective split all ask it.
+pub fn closed_gate<G: Gates + ?Sized>(
+    route_index: usize,
+    route: &Route,
+    slot: BackendSlot,
+    gates: &G,
+) -> Option<Reason> {
+    if slot.is_stable() {
+        return None;
+    }
+    if route.killed.is_some() || gates.admin_killed(route_index) {
+        return Some(Reason::Killed);
+    }
+    if !gates.breaker_admits(route_index, slot) {
+        return Some(Reason::BreakerOpen);
+    }
+    let upstream = route.backends.get(slot.index()).copied();
+    if upstream.is_some_and(|u| !gates.healthy(u)) {
+        return Some(Reason::Unhealthy);
+    }
+    None
+}
+
 /// Applies the gates to a candidate: the first that fails sends the request to stable.
 pub fn gate<G: Gates + ?Sized>(
     route_index: usize,
@@ -176,20 +202,10 @@ pub fn gate<G: Gates + ?Sized>(
     decision: Decision,
     gates: &G,
 ) -> Decision {
-    if decision.slot.is_stable() {
-        return decision;
+    match closed_gate(route_index, route, decision.slot, gates) {
+        Some(reason) => decision.to_stable(reason),
+        None => decision,
     }
-    if route.killed.is_some() || gates.admin_killed(route_index) {
-        return decision.to_stable(Reason::Killed);
-    }
-    if !gates.breaker_admits(route_index, decision.slot) {
-        return decision.to_stable(Reason::BreakerOpen);
-    }
-    let upstream = route.backends.get(decision.slot.index()).copied();
-    if upstream.is_some_and(|u| !gates.healthy(u)) {
-        return decision.to_stable(Reason::Unhealthy);
-    }
-    decision
 }
 
 /// The route's backend slot whose upstream is named `name`.
@@ -243,4 +259,259 @@ pub fn explain<G: Gates + ?Sized>(
         first_entry,
     );
     Some(gate(index, route, c, gates))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::collections::HashMap;
+
+    const CONFIG: &str = r#"
+version: 1
+default_upstream: stable
+upstreams:
+  stable: {url: "http://127.0.0.1:1"}
+  canary: {url: "http://127.0.0.1:2"}
+  blue: {url: "http://127.0.0.1:3"}
+routes:
+  - name: checkout
+    identity: [header:x-user-id]
+    stable: stable
+    split: [{backend: canary, percent: 30.09}]
+    overrides:
+      force_header: x-force
+      identities: {blue: [carol]}
+      headers: [{name: x-employee, value: "true", backend: canary}]
+  - name: random
+    identity: [header:x-user-id]
+    missing_identity: random
+    stable: stable
+    split: [{backend: canary, percent: 100}]
+  - name: frozen
+    killed: "INC-1"
+    identity: [header:x-user-id]
+    stable: stable
+    split: [{backend: canary, percent: 100}]
+    overrides: {identities: {canary: [alice]}}
+"#;
+
+    /// Request facts made of headers only.
+    struct Headers(HashMap<&'static str, &'static str>);
+
+    impl RequestFacts for Headers {
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn host(&self) -> Option<&str> {
+            None
+        }
+        fn path(&self) -> &str {
+            "/"
+        }
+        fn header(&self, name: &str) -> Option<&str> {
+            self.0.get(name).copied()
+        }
+        fn cookie(&self, _name: &str) -> Option<&str> {
+            None
+        }
+    }
+
+    /// Gates with fixed answers.
+    #[derive(Default)]
+    struct Fixed {
+        admin_killed: bool,
+        breaker_open: bool,
+        unhealthy: bool,
+    }
+
+    impl Gates for Fixed {
+        fn admin_killed(&self, _route: usize) -> bool {
+            self.admin_killed
+        }
+        fn breaker_admits(&self, _route: usize, _slot: BackendSlot) -> bool {
+            !self.breaker_open
+        }
+        fn healthy(&self, _upstream: UpstreamId) -> bool {
+            !self.unhealthy
+        }
+    }
+
+    fn decide(
+        route: &str,
+        identity: Option<&str>,
+        headers: &[(&'static str, &'static str)],
+        gates: &Fixed,
+    ) -> (String, Reason, Option<Bucket>) {
+        let config = parse(CONFIG).unwrap();
+        let index = config.routes.iter().position(|r| r.name == route).unwrap();
+        let r = &config.routes[index];
+        let facts = Headers(headers.iter().copied().collect());
+        let c = candidate(&config, r, &facts, identity, || 9_999, None);
+        let d = gate(index, r, c, gates);
+        let name = config.backend(r, d.slot).unwrap().name.clone();
+        (name, d.reason, d.bucket)
+    }
+
+    /// (route, identity, headers, backend, reason).
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'static str, &'static str)],
+        &'a str,
+        Reason,
+    );
+
+    #[test]
+    fn candidates_follow_force_header_then_allowlist_then_header_override_then_split() {
+        let open = Fixed::default();
+        // (route, identity, headers, backend, reason): bucket("checkout", "alice") = 3009,
+        // bucket("checkout", "bob") = 6439; 30.09 % is buckets 0..=3008.
+        let cases: &[Case] = &[
+            ("checkout", Some("alice"), &[], "stable", Reason::Stable),
+            ("checkout", Some("bob"), &[], "stable", Reason::Stable),
+            ("checkout", Some("carol"), &[], "blue", Reason::Identity),
+            (
+                "checkout",
+                Some("carol"),
+                &[("x-force", "canary")],
+                "canary",
+                Reason::ForceHeader,
+            ),
+            (
+                "checkout",
+                Some("bob"),
+                &[("x-force", " blue ")],
+                "blue",
+                Reason::ForceHeader,
+            ),
+            (
+                "checkout",
+                Some("bob"),
+                &[("x-force", "nosuch")],
+                "stable",
+                Reason::Stable,
+            ),
+            (
+                "checkout",
+                Some("bob"),
+                &[("x-employee", "true")],
+                "canary",
+                Reason::Header,
+            ),
+            (
+                "checkout",
+                Some("carol"),
+                &[("x-employee", "true")],
+                "blue",
+                Reason::Identity,
+            ),
+            ("checkout", None, &[], "stable", Reason::MissingIdentity),
+            ("random", None, &[], "canary", Reason::Random),
+        ];
+        for (route, identity, headers, backend, reason) in cases {
+            let (got, why, _) = decide(route, *identity, headers, &open);
+            assert_eq!(
+                (got.as_str(), why),
+                (*backend, *reason),
+                "{route} {identity:?} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_split_takes_buckets_from_zero_up_to_its_exact_share() {
+        let open = Fixed::default();
+        let config = parse(CONFIG).unwrap();
+        let route = &config.routes[0];
+        // alice's bucket is 3009: the first bucket past 30.09 %.
+        assert_eq!(
+            decide("checkout", Some("alice"), &[], &open).1,
+            Reason::Stable
+        );
+        let mut seen = [0; 2];
+        for i in 0..200 {
+            let id = format!("user-{i}");
+            let bucket = bucket_for(&route.key_prefix, id.as_bytes());
+            let (backend, reason, got) = decide("checkout", Some(id.as_str()), &[], &open);
+            assert_eq!(got, Some(bucket));
+            let in_split = bucket < 3009;
+            seen[usize::from(in_split)] += 1;
+            let want = if in_split {
+                ("canary", Reason::Split)
+            } else {
+                ("stable", Reason::Stable)
+            };
+            assert_eq!((backend.as_str(), reason), want, "{id} in bucket {bucket}");
+        }
+        assert!(
+            seen[0] > 0 && seen[1] > 0,
+            "both sides of the boundary: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn gates_divert_only_non_stable_candidates_in_order_kill_breaker_health() {
+        let headers: &[(&'static str, &'static str)] = &[("x-employee", "true")];
+        let cases = [
+            (
+                Fixed {
+                    admin_killed: true,
+                    breaker_open: true,
+                    unhealthy: true,
+                },
+                Reason::Killed,
+            ),
+            (
+                Fixed {
+                    breaker_open: true,
+                    unhealthy: true,
+                    ..Fixed::default()
+                },
+                Reason::BreakerOpen,
+            ),
+            (
+                Fixed {
+                    unhealthy: true,
+                    ..Fixed::default()
+                },
+                Reason::Unhealthy,
+            ),
+        ];
+        for (gates, want) in &cases {
+            let (backend, reason, _) = decide("checkout", Some("bob"), headers, gates);
+            assert_eq!((backend.as_str(), reason), ("stable", *want));
+            // Stable candidates pass every gate untouched.
+            let (backend, reason, _) = decide("checkout", Some("alice"), &[], gates);
+            assert_eq!((backend.as_str(), reason), ("stable", Reason::Stable));
+        }
+    }
+
+    #[test]
+    fn a_config_kill_beats_every_override() {
+        let open = Fixed::default();
+        let (backend, reason, _) = decide("frozen", Some("alice"), &[], &open);
+        assert_eq!((backend.as_str(), reason), ("stable", Reason::Killed));
+    }
+
+    #[test]
+    fn closed_gate_names_the_first_failing_gate_and_never_gates_stable() {
+        let config = parse(CONFIG).unwrap();
+        let route = &config.routes[0];
+        let all = Fixed {
+            admin_killed: true,
+            breaker_open: true,
+            unhealthy: true,
+        };
+        assert_eq!(closed_gate(0, route, BackendSlot::STABLE, &all), None);
+        assert_eq!(
+            closed_gate(0, route, BackendSlot(1), &all),
+            Some(Reason::Killed)
+        );
+        assert_eq!(
+            closed_gate(0, route, BackendSlot(1), &Fixed::default()),
+            None
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! upstream's body under an idle timeout, holding the upstream's in-flight slot until it
 //! ends, or a small body of Rampart's own.
 
-use crate::handler::{Completion, End};
+use crate::completion::Completion;
+use crate::failure::ClientFault;
 use crate::upstream::InflightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +17,7 @@ use pin_project_lite::pin_project;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -23,6 +25,107 @@ use tokio::time::{Instant, Sleep};
 
 /// Errors of bodies crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request body kept for a re-send to stable (`fallback: idempotent` buffers up to
+/// this much; a reclaimable body keeps copies of at most this much).
+pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+/// The client's request body failed: what [`ClientFault`] it was, and the cause. Attempts
+/// that fail with this in their error chain are the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {fault:?}: {source}")]
+pub struct ClientBodyError {
+    fault: ClientFault,
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    /// Which fault of the client's it was.
+    pub fn fault(&self) -> ClientFault {
+        self.fault
+    }
+
+    /// Classifies an error of the client's body stream: an idle timeout is a stall, a
+    /// framing error (hyper reports invalid chunking as `InvalidInput`/`InvalidData`) is
+    /// bad framing, anything else (end of stream too early, a reset) is a client gone.
+    pub(crate) fn classify(source: BoxError) -> ClientBodyError {
+        let mut fault = ClientFault::Gone;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if e.is::<IdleTimeout>() {
+                fault = ClientFault::Stalled;
+                break;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    fault = ClientFault::BadFraming;
+                }
+                break;
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse() {
+                    fault = ClientFault::BadFraming;
+                    break;
+                }
+            }
+            cause = e.source();
+        }
+        ClientBodyError { fault, source }
+    }
+}
+
+/// Where a request body notes how the client is doing, for the handler to read after the
+/// attempt: whether the client failed the body (whatever error the upstream client then
+/// reports: HTTP/2 may report only its own reset of the stream), and whether, when the
+/// attempt timed out, the body was still waiting on the client.
+#[derive(Debug, Default)]
+pub struct FaultCell {
+    fault: AtomicU8,
+    progress: AtomicU8,
+}
+
+/// [`FaultCell::progress`]: the body is being read from the client, or not polled.
+const READING: u8 = 0;
+/// [`FaultCell::progress`]: the last read found nothing: the client owes data.
+const WAITING_ON_CLIENT: u8 = 1;
+/// [`FaultCell::progress`]: the body ended.
+const FINISHED: u8 = 2;
+
+impl FaultCell {
+    fn set(&self, fault: ClientFault) {
+        let code = match fault {
+            ClientFault::BadFraming => 1,
+            ClientFault::Gone => 2,
+            ClientFault::Stalled => 3,
+        };
+        let _ = self
+            .fault
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The first fault noted, if any.
+    pub fn get(&self) -> Option<ClientFault> {
+        match self.fault.load(Ordering::Acquire) {
+            1 => Some(ClientFault::BadFraming),
+            2 => Some(ClientFault::Gone),
+            3 => Some(ClientFault::Stalled),
+            _ => None,
+        }
+    }
+
+    /// Whether the body was waiting for the client's data (rather than for the upstream
+    /// to read it, or finished): an attempt that timed out then is the client's stall.
+    pub fn waiting_on_client(&self) -> bool {
+        self.progress.load(Ordering::Acquire) == WAITING_ON_CLIENT
+    }
+
+    fn progress(&self, state: u8) {
+        self.progress.store(state, Ordering::Release);
+    }
+}
 
 /// A body frame gap longer than the upstream's `idle_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -37,25 +140,23 @@ pub struct IdleTimeout(pub Duration);
 /// refused HTTP/2 stream (hyper may already have read and sent part of the body, e.g. a gRPC
 /// message, before the upstream's REFUSED_STREAM arrived), [`Reclaim::take`] gives a body
 /// that replays what was read and then continues with the unread rest.
-///
-/// [`MAX_RETRY_BODY`]: crate::handler::MAX_RETRY_BODY
-pub struct ReclaimableBody {
-    shared: Arc<Mutex<Reclaimed>>,
+pub struct ReclaimableBody<B = Incoming> {
+    shared: Arc<Mutex<Reclaimed<B>>>,
     /// Frames an earlier attempt read, sent first (the retry's body).
     replay: VecDeque<Frame<Bytes>>,
 }
 
 /// What a [`ReclaimableBody`] and its [`Reclaim`] share.
-struct Reclaimed {
+struct Reclaimed<B> {
     /// The client's body from where the attempts have read it so far.
-    rest: Option<Incoming>,
+    rest: Option<B>,
     /// Copies of the frames read so far; `None` once more than `MAX_RETRY_BODY` bytes were
     /// read or the handler dropped its [`Reclaim`] (nothing will be retried then).
     read: Option<Vec<Frame<Bytes>>>,
     read_bytes: u64,
 }
 
-impl Reclaimed {
+impl<B> Reclaimed<B> {
     fn keep(&mut self, frame: &Frame<Bytes>) {
         let Some(read) = self.read.as_mut() else {
             return;
@@ -68,7 +169,7 @@ impl Reclaimed {
         } else {
             return;
         };
-        if self.read_bytes > crate::handler::MAX_RETRY_BODY {
+        if self.read_bytes > MAX_RETRY_BODY {
             self.read = None;
         } else {
             read.push(copy);
@@ -77,14 +178,14 @@ impl Reclaimed {
 }
 
 /// The handler's side of a [`ReclaimableBody`].
-pub struct Reclaim {
-    shared: Arc<Mutex<Reclaimed>>,
+pub struct Reclaim<B = Incoming> {
+    shared: Arc<Mutex<Reclaimed<B>>>,
 }
 
-impl Reclaim {
+impl<B> Reclaim<B> {
     /// The body again, for one retry: what the failed attempt read, then the unread rest.
     /// `None` if the attempt read more than can be replayed.
-    pub fn take(&self) -> Option<ReclaimableBody> {
+    pub fn take(&self) -> Option<ReclaimableBody<B>> {
         let mut shared = self.shared.lock().ok()?;
         let read = shared.read.take()?;
         let rest = shared.rest.take();
@@ -99,7 +200,7 @@ impl Reclaim {
     }
 }
 
-impl Drop for Reclaim {
+impl<B> Drop for Reclaim<B> {
     fn drop(&mut self) {
         // No retry can come any more: stop keeping copies of the body.
         if let Ok(mut shared) = self.shared.lock() {
@@ -109,7 +210,7 @@ impl Drop for Reclaim {
 }
 
 /// Wraps `body` so that it can be sent again ([`Reclaim::take`]).
-pub fn reclaimable(body: Incoming) -> (ReclaimableBody, Reclaim) {
+pub fn reclaimable<B>(body: B) -> (ReclaimableBody<B>, Reclaim<B>) {
     let shared = Arc::new(Mutex::new(Reclaimed {
         rest: Some(body),
         read: Some(Vec::new()),
@@ -124,7 +225,11 @@ pub fn reclaimable(body: Incoming) -> (ReclaimableBody, Reclaim) {
     )
 }
 
-impl Body for ReclaimableBody {
+impl<B> Body for ReclaimableBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -181,15 +286,43 @@ impl Body for ReclaimableBody {
 }
 
 pin_project! {
-    /// The body sent to an upstream.
-    #[project = ReqBodyProj]
-    pub enum ReqBody {
+    /// The body sent to an upstream. Errors of the client's side are wrapped in
+    /// [`ClientBodyError`] and noted in the request's [`FaultCell`].
+    pub struct ReqBody {
+        #[pin]
+        inner: ReqSource,
+        fault: Option<Arc<FaultCell>>,
+    }
+}
+
+pin_project! {
+    /// Where a [`ReqBody`]'s frames come from.
+    #[project = ReqSourceProj]
+    pub enum ReqSource {
         /// The client's body, streamed (frames at most `idle_timeout` apart).
         Streamed { #[pin] body: IdleBody<Incoming> },
         /// The client's body, replayable for one retry (see [`ReclaimableBody`]).
         Reclaimable { #[pin] body: IdleBody<ReclaimableBody> },
         /// A buffered body (retries of small idempotent requests).
         Buffered { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ReqBody {
+    /// A body from `inner`; client-side failures are noted in `fault` (none is needed for
+    /// a buffered body or one that is already over).
+    pub fn new(inner: ReqSource, fault: Option<Arc<FaultCell>>) -> ReqBody {
+        ReqBody { inner, fault }
+    }
+
+    /// A buffered body.
+    pub fn buffered(bytes: Bytes) -> ReqBody {
+        ReqBody::new(
+            ReqSource::Buffered {
+                body: Full::new(bytes),
+            },
+            None,
+        )
     }
 }
 
@@ -201,26 +334,55 @@ impl Body for ReqBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ReqBodyProj::Streamed { body } => body.poll_frame(cx),
-            ReqBodyProj::Reclaimable { body } => body.poll_frame(cx),
-            ReqBodyProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        let this = self.project();
+        let polled = match this.inner.project() {
+            ReqSourceProj::Streamed { body } => body.poll_frame(cx),
+            ReqSourceProj::Reclaimable { body } => body.poll_frame(cx),
+            ReqSourceProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        };
+        let cell = this.fault.as_deref();
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                let error = ClientBodyError::classify(e);
+                if let Some(cell) = cell {
+                    cell.set(error.fault());
+                }
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+            Poll::Pending => {
+                if let Some(cell) = cell {
+                    cell.progress(WAITING_ON_CLIENT);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                if let Some(cell) = cell {
+                    cell.progress(FINISHED);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(cell) = cell {
+                    cell.progress(READING);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Streamed { body } => body.is_end_stream(),
-            ReqBody::Reclaimable { body } => body.is_end_stream(),
-            ReqBody::Buffered { body } => body.is_end_stream(),
+        match &self.inner {
+            ReqSource::Streamed { body } => body.is_end_stream(),
+            ReqSource::Reclaimable { body } => body.is_end_stream(),
+            ReqSource::Buffered { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Streamed { body } => body.size_hint(),
-            ReqBody::Reclaimable { body } => body.size_hint(),
-            ReqBody::Buffered { body } => body.size_hint(),
+        match &self.inner {
+            ReqSource::Streamed { body } => body.size_hint(),
+            ReqSource::Reclaimable { body } => body.size_hint(),
+            ReqSource::Buffered { body } => body.size_hint(),
         }
     }
 }
@@ -289,39 +451,59 @@ where
     }
 }
 
+/// How a response ended, for the record of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The body ended normally.
+    Complete,
+    /// The upstream body failed (reset, idle timeout).
+    BodyError,
+    /// The client went away before the end: not the upstream's fault.
+    ClientGone,
+}
+
+/// What a response body reports as it ends: the trailers it carried, and how it ended.
+/// The request's record ([`Completion`]) implements it; the body knows nothing else of it.
+pub trait BodyEnd {
+    /// Notes trailers seen at the end of the body.
+    fn trailers(&mut self, trailers: &http::HeaderMap);
+    /// Records the end; called once.
+    fn finish(&mut self, end: End);
+}
+
 pin_project! {
     /// The body sent to the client.
     #[project = RespBodyProj]
-    pub enum RespBody {
+    pub enum RespBody<E = Completion> {
         /// The upstream's body; the guard frees the upstream's in-flight slot when it ends,
         /// and the completion records the outcome then (or when the client goes away).
         Upstream {
             #[pin] body: IdleBody<Incoming>,
             guard: Option<InflightGuard>,
-            completion: Option<Completion>,
+            completion: Option<E>,
         },
         /// A body Rampart wrote itself.
         Own { #[pin] body: Full<Bytes> },
     }
 }
 
-impl RespBody {
+impl<E> RespBody<E> {
     /// A body of Rampart's own.
-    pub fn own(text: &'static str) -> RespBody {
+    pub fn own(text: &'static str) -> RespBody<E> {
         RespBody::Own {
             body: Full::new(Bytes::from_static(text.as_bytes())),
         }
     }
 
     /// An empty body.
-    pub fn empty() -> RespBody {
+    pub fn empty() -> RespBody<E> {
         RespBody::Own {
             body: Full::new(Bytes::new()),
         }
     }
 }
 
-impl Body for RespBody {
+impl<E: BodyEnd> Body for RespBody<E> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -384,5 +566,162 @@ impl Body for RespBody {
             RespBody::Upstream { body, .. } => body.size_hint(),
             RespBody::Own { body } => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+
+    /// A body of scripted frames: `None` entries are a `Pending` (the client owes data).
+    struct Scripted(VecDeque<Option<Result<Frame<Bytes>, BoxError>>>);
+
+    impl Scripted {
+        fn data(chunks: &[&'static [u8]]) -> Scripted {
+            Scripted(
+                chunks
+                    .iter()
+                    .map(|c| Some(Ok(Frame::data(Bytes::from_static(c)))))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.pop_front() {
+                None => Poll::Ready(None),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Some(frame)) => Poll::Ready(Some(frame)),
+            }
+        }
+    }
+
+    async fn read_all<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_body_replays_what_the_failed_attempt_read_then_the_rest() {
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[b"ab", b"cd", b"ef"]));
+        // The first attempt read two frames before it failed.
+        let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cd"[..]));
+        let mut retry = reclaim.take().expect("little was read: replayable");
+        assert_eq!(read_all(&mut retry).await, b"abcdef");
+        // The first attempt's body is over once taken.
+        assert!(first.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_read_past_the_retry_limit_cannot_be_reclaimed() {
+        static BIG: [u8; 40 * 1024] = [7; 40 * 1024];
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[&BIG, &BIG, b"tail"]));
+        first.frame().await.unwrap().unwrap();
+        first.frame().await.unwrap().unwrap();
+        assert!(
+            reclaim.take().is_none(),
+            "80 KiB read is over MAX_RETRY_BODY"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_reclaim_stops_keeping_copies() {
+        let (mut first, reclaim) = reclaimable(Scripted::data(&[b"ab", b"cd"]));
+        drop(reclaim);
+        assert_eq!(read_all(&mut first).await, b"abcd");
+        assert!(first.shared.lock().unwrap().read.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_body_fails_after_its_timeout_with_an_error_classified_as_a_stall() {
+        let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let mut body = IdleBody::new(never, Duration::from_millis(100));
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(
+            ClientBodyError::classify(error).fault(),
+            ClientFault::Stalled
+        );
+    }
+
+    #[test]
+    fn client_body_errors_are_told_apart_by_kind() {
+        let framing: BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "Invalid chunk size line",
+        ));
+        assert_eq!(
+            ClientBodyError::classify(framing).fault(),
+            ClientFault::BadFraming
+        );
+        let eof: BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "end of file before message length reached",
+        ));
+        assert_eq!(ClientBodyError::classify(eof).fault(), ClientFault::Gone);
+        let idle: BoxError = Box::new(IdleTimeout(Duration::from_secs(1)));
+        assert_eq!(
+            ClientBodyError::classify(idle).fault(),
+            ClientFault::Stalled
+        );
+    }
+
+    #[test]
+    fn the_first_fault_noted_is_kept_and_progress_tells_a_stall_from_backpressure() {
+        let cell = FaultCell::default();
+        assert_eq!(cell.get(), None);
+        cell.set(ClientFault::Gone);
+        cell.set(ClientFault::BadFraming);
+        assert_eq!(cell.get(), Some(ClientFault::Gone));
+        assert!(!cell.waiting_on_client());
+        cell.progress(WAITING_ON_CLIENT);
+        assert!(cell.waiting_on_client());
+        cell.progress(FINISHED);
+        assert!(!cell.waiting_on_client());
+    }
+
+    /// Records how a response body ended.
+    #[derive(Default)]
+    struct Ends(Vec<End>, bool);
+
+    impl BodyEnd for Ends {
+        fn trailers(&mut self, _trailers: &http::HeaderMap) {
+            self.1 = true;
+        }
+        fn finish(&mut self, end: End) {
+            self.0.push(end);
+        }
+    }
+
+    #[test]
+    fn own_bodies_need_no_record() {
+        let body: RespBody<Ends> = RespBody::own("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let empty: RespBody<Ends> = RespBody::empty();
+        assert!(empty.is_end_stream());
     }
 }

@@ -3,7 +3,7 @@
 //! stripped from the client and set for the upstream.
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `x-rampart-route`, sent to upstreams.
@@ -106,6 +106,53 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
     }
 }
 
+/// What the upstream request carries besides the client's own headers.
+pub struct Forwarding<'a> {
+    /// The matched route's name (`x-rampart-route`; `_default` when none matched).
+    pub route: &'a HeaderValue,
+    /// The client's address as text, appended to `x-forwarded-for`.
+    pub peer: &'a str,
+    /// Whether the client connection is TLS (`x-forwarded-proto`).
+    pub tls: bool,
+    /// The protocol of an HTTP/1.1 upgrade the client asked for, kept across the
+    /// hop-by-hop strip.
+    pub upgrade: Option<&'a HeaderValue>,
+    /// The request target's authority (absolute form or HTTP/2 `:authority`), which
+    /// becomes `Host` when the client sent none.
+    pub authority: Option<&'a http::uri::Authority>,
+}
+
+/// Rewrites the client's request headers for the upstream (docs/proxying.md#headers):
+/// hop-by-hop headers dropped (`te: trailers` kept), an upgrade re-declared, the client's
+/// `x-rampart-*` replaced by Rampart's route, `x-forwarded-for` appended,
+/// `x-forwarded-proto` set, `x-request-id` generated when absent, `Host` from the
+/// authority when absent. Pure: no I/O, no clock.
+pub fn rewrite_request_headers(h: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_hop_by_hop(h, true);
+    if let Some(protocol) = f.upgrade {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(UPGRADE, protocol.clone());
+    }
+    h.remove(&X_RAMPART_BACKEND);
+    h.insert(&X_RAMPART_ROUTE, f.route.clone());
+    append_forwarded_for(h, f.peer);
+    h.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if f.tls { "https" } else { "http" }),
+    );
+    if !h.contains_key(&X_REQUEST_ID) {
+        h.insert(&X_REQUEST_ID, new_request_id());
+    }
+    if !h.contains_key(HOST) {
+        if let Some(host) = f
+            .authority
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            h.insert(HOST, host);
+        }
+    }
+}
+
 /// A fresh request id: 128 random bits as 32 hex digits.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -126,8 +173,69 @@ pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn rewrite(h: &mut HeaderMap, upgrade: Option<&HeaderValue>, authority: Option<&str>) {
+        let route = HeaderValue::from_static("checkout");
+        let authority = authority.map(|a| a.parse::<http::uri::Authority>().unwrap());
+        rewrite_request_headers(
+            h,
+            &Forwarding {
+                route: &route,
+                peer: "10.0.0.7",
+                tls: true,
+                upgrade,
+                authority: authority.as_ref(),
+            },
+        );
+    }
+
+    #[test]
+    fn the_upstream_head_carries_rampart_headers_in_place_of_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_RAMPART_ROUTE, HeaderValue::from_static("forged"));
+        h.insert(&X_RAMPART_BACKEND, HeaderValue::from_static("canary"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(HOST, HeaderValue::from_static("shop.example"));
+        rewrite(&mut h, None, Some("other.example"));
+        assert_eq!(h[&X_RAMPART_ROUTE], "checkout");
+        assert!(
+            h.get(&X_RAMPART_BACKEND).is_none(),
+            "set per attempt, not here"
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1, 10.0.0.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[HOST], "shop.example", "a Host the client sent is kept");
+        assert_eq!(h[&X_REQUEST_ID].len(), 32);
+    }
+
+    #[test]
+    fn a_client_request_id_is_kept_and_a_missing_host_comes_from_the_authority() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc"));
+        rewrite(&mut h, None, Some("shop.example:8080"));
+        assert_eq!(h[&X_REQUEST_ID], "abc");
+        assert_eq!(h[HOST], "shop.example:8080");
+    }
+
+    #[test]
+    fn an_upgrade_survives_the_hop_by_hop_strip_and_te_trailers_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade, keep-alive"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let protocol = HeaderValue::from_static("websocket");
+        rewrite(&mut h, Some(&protocol), None);
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[TE], "trailers");
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(HOST).is_none());
+    }
 
     #[test]
     fn connection_named_headers_and_fixed_hop_by_hop_headers_are_removed() {

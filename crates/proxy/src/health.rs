@@ -13,7 +13,6 @@ use crate::handler::ProxyState;
 use crate::upstream::UpstreamRuntime;
 use bytes::Bytes;
 use http::{Request, Uri};
-use http_body_util::Full;
 use std::sync::{Arc, Weak};
 
 /// Starts the checkers of every upstream of the applied snapshot that has a health check
@@ -83,9 +82,7 @@ async fn probe(up: &UpstreamRuntime, path: &str, timeout: std::time::Duration) -
     let Ok(uri) = uri else { return false };
     let request = Request::get(uri)
         .header(http::header::USER_AGENT, "rampart-health-check")
-        .body(ReqBody::Buffered {
-            body: Full::new(Bytes::new()),
-        });
+        .body(ReqBody::buffered(Bytes::new()));
     let Ok(request) = request else { return false };
     match tokio::time::timeout(timeout, up.client.request(request)).await {
         Ok(Ok(response)) => response.status().is_success(),

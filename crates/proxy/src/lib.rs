@@ -9,15 +9,21 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod completion;
+pub mod connection;
+pub mod decide;
 pub mod facts;
+pub mod failure;
 pub mod h1_inspect;
 pub mod handler;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod publish;
 pub mod rollout;
 pub mod server;
 pub mod snapshot;
+pub mod ticking;
 pub mod tls;
 pub mod upstream;
 

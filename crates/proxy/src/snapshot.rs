@@ -2,6 +2,7 @@
 //! clients, metric handles, header values. Published whole through one `ArcSwap`, so a
 //! request sees the old snapshot or the new one, never a mix.
 
+use crate::failure::FallbackReason;
 use crate::metrics::Metrics;
 use crate::rollout::RolloutRuntime;
 use crate::upstream::{UpstreamError, UpstreamRuntime};
@@ -63,9 +64,6 @@ impl BackendMetrics {
     }
 }
 
-/// Fallback reasons, in the order of [`SlotRuntime::fallbacks`].
-pub const FALLBACK_REASONS: [&str; 4] = ["connect_failure", "server_error", "reset", "timeout"];
-
 /// One backend of one route at run time: names, metric handles, and its breaker.
 pub struct SlotRuntime {
     /// The backend's name as a header value (`x-rampart-backend`).
@@ -86,8 +84,9 @@ pub struct SlotRuntime {
     pub breaker_state: Option<[IntGauge; 3]>,
     /// `rampart_breaker_transitions_total` per state entered, in [`BreakerState::ALL`] order.
     pub breaker_transitions: Option<[IntCounter; 3]>,
-    /// `rampart_fallbacks_total{from=this backend}` per reason, in [`FALLBACK_REASONS`] order.
-    pub fallbacks: [IntCounter; 4],
+    /// `rampart_fallbacks_total{from=this backend}` per reason, in [`FallbackReason::ALL`]
+    /// order.
+    pub fallbacks: [IntCounter; FallbackReason::COUNT],
 }
 
 impl SlotRuntime {
@@ -201,6 +200,19 @@ impl Snapshot {
         let id = route.backends.get(slot.index())?;
         self.upstreams.get(id.index())
     }
+
+    /// The upstream of `slot` on route `route`, or the default upstream for a request that
+    /// matched no route (`None`).
+    pub fn upstream_for_slot(
+        &self,
+        route: Option<usize>,
+        slot: BackendSlot,
+    ) -> Option<&Arc<UpstreamRuntime>> {
+        match route {
+            Some(index) => self.upstream_for(self.config.routes.get(index)?, slot),
+            None => self.upstreams.get(self.config.default_upstream.index()),
+        }
+    }
 }
 
 fn slot_runtime(
@@ -237,10 +249,10 @@ fn slot_runtime(
         breaker,
         breaker_state,
         breaker_transitions,
-        fallbacks: FALLBACK_REASONS.map(|reason| {
+        fallbacks: FallbackReason::ALL.map(|reason| {
             metrics
                 .fallbacks
-                .with_label_values(&[route, backend, reason])
+                .with_label_values(&[route, backend, reason.as_str()])
         }),
     };
     slot.publish_breaker_state();
