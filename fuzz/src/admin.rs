@@ -81,6 +81,9 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
     api: Arc<AdminApi>,
     control: Arc<Recorder>,
+    /// Held from the request to reading the recorder: the replay test's threads share the
+    /// fixture, and one must not take the operation another one's request recorded.
+    serial: Mutex<()>,
 }
 
 fn fixture() -> &'static Fixture {
@@ -123,6 +126,7 @@ fn fixture() -> &'static Fixture {
             runtime,
             api,
             control,
+            serial: Mutex::new(()),
         }
     })
 }
@@ -156,6 +160,10 @@ pub fn body(data: &[u8]) {
         Err(error) => panic!("cannot build the request: {error}"),
     };
     let fixture = fixture();
+    let _serial = fixture
+        .serial
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (status, answer) = fixture.runtime.block_on(async {
         let response = fixture.api.handle(request).await;
         let status = response.status();
