@@ -96,6 +96,11 @@ fn admin_bodies_get_200_with_their_reason_or_400_with_a_message() {
 }
 
 #[test]
+fn ofrep_bodies_get_a_context_answered_as_the_proxy_routes_or_an_error_code() {
+    replay("ofrep_body");
+}
+
+#[test]
 fn every_skip_file_belongs_to_an_input() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     for (target, _) in harness::TARGETS {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod h1;
+pub mod ofrep;
 
 /// A target's check: panics when an invariant breaks.
 pub type Check = fn(&[u8]);
@@ -20,6 +21,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("h1_serve", h1::serve),
     ("config", config::check),
     ("admin_body", admin::body),
+    ("ofrep_body", ofrep::body),
 ];
 
 /// A small deterministic generator (splitmix64), seeded from the input itself, for the
