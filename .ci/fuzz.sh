@@ -2,10 +2,13 @@
 # CI: fuzz each target of fuzz/ for a bounded time (docs/fuzzing.md).
 #
 # Builds the targets with libFuzzer's coverage instrumentation on the stable toolchain (no
-# sanitizer, so no nightly and no cargo-fuzz needed), then runs each one for FUZZ_SECONDS
-# (default 60) on a scratch copy of its checked-in corpus, two targets at a time. A crash,
-# a hang past the per-input timeout or a memory blow-up fails the build; the input is kept
-# in fuzz/artifacts/TARGET/ and printed, to be added to fuzz/regressions/TARGET/.
+# sanitizer, so no nightly, no RUSTC_BOOTSTRAP and no cargo-fuzz needed: the flags below are
+# stable rustc flags), then runs each one for FUZZ_SECONDS (default 60) on a scratch copy of
+# its checked-in corpus, FUZZ_JOBS (default 2) targets at a time. The whole step, build
+# included, is kept within FUZZ_TOTAL_SECONDS (default 480): when the build took long, each
+# target gets less time (never under FUZZ_MIN_SECONDS, default 15). A crash, a hang past the
+# per-input timeout or a memory blow-up fails the build; the input is kept in
+# fuzz/artifacts/TARGET/ and printed, to be added to fuzz/regressions/TARGET/.
 #
 # Needs a C++ compiler (libFuzzer is C++); installs g++ with apt-get when there is none.
 # Idempotent: a second run reuses fuzz/target.
@@ -14,7 +17,10 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 FUZZ_JOBS="${FUZZ_JOBS:-2}"
-TARGETS=(${FUZZ_TARGETS:-h1_split h1_serve config admin_body})
+FUZZ_TOTAL_SECONDS="${FUZZ_TOTAL_SECONDS:-480}"
+FUZZ_MIN_SECONDS="${FUZZ_MIN_SECONDS:-15}"
+step_start=$SECONDS
+TARGETS=(${FUZZ_TARGETS:-h1_split h1_serve config admin_body ofrep_body})
 
 if ! command -v c++ >/dev/null 2>&1; then
     echo "== installing g++ (libFuzzer is built from C++ sources)"
@@ -33,15 +39,25 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing"
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 
-echo "== building the fuzz targets"
+echo "== building the fuzz targets ($(rustc -V))"
 start=$SECONDS
 cargo build --locked --release --manifest-path fuzz/Cargo.toml --target "$HOST" --bins
 echo "built in $((SECONDS - start)) s"
 BIN="$CARGO_TARGET_DIR/$HOST/release"
 
+# Per target time: FUZZ_SECONDS, less when the build left too little of the total for every
+# round of FUZZ_JOBS targets (10 s a round kept for start-up and the final merge).
+rounds=$(((${#TARGETS[@]} + FUZZ_JOBS - 1) / FUZZ_JOBS))
+left=$((FUZZ_TOTAL_SECONDS - (SECONDS - step_start)))
+fit=$((left / rounds - 10))
+if [ "$fit" -lt "$FUZZ_SECONDS" ]; then
+    FUZZ_SECONDS=$((fit > FUZZ_MIN_SECONDS ? fit : FUZZ_MIN_SECONDS))
+    echo "the build left ${left} s of ${FUZZ_TOTAL_SECONDS} s: ${FUZZ_SECONDS} s a target"
+fi
+
 # Per target: largest input, dictionary.
-declare -A MAX_LEN=([h1_split]=4096 [h1_serve]=4096 [config]=8192 [admin_body]=4096)
-declare -A DICT=([h1_split]=http.dict [h1_serve]=http.dict [config]=config.dict [admin_body]=json.dict)
+declare -A MAX_LEN=([h1_split]=4096 [h1_serve]=4096 [config]=8192 [admin_body]=4096 [ofrep_body]=12288)
+declare -A DICT=([h1_split]=http.dict [h1_serve]=http.dict [config]=config.dict [admin_body]=json.dict [ofrep_body]=ofrep.dict)
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -94,6 +110,7 @@ for target in "${TARGETS[@]}"; do
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
     echo "$target: ${runs:-?} runs; ${summary:-no status line}"
 done
+echo "fuzz step: $((SECONDS - step_start)) s in all (${FUZZ_SECONDS} s a target)"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     for target in "${failed[@]}"; do
