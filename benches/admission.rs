@@ -6,8 +6,8 @@
 //! a time, each a Pod CREATE the webhook injects, and reports the median, p99 and max of
 //! the time from sending the request to the whole answer read:
 //!
-//! - `h2`: one TLS connection, HTTP/2 (what Go's client, and so the API server, negotiates
-//!   by ALPN);
+//! - `h2`: one TLS connection, HTTP/2 (what Go's HTTP client negotiates by ALPN when the
+//!   server offers it, as this one does);
 //! - `http1 keep-alive`: one TLS connection, HTTP/1.1;
 //! - `new connection`: a TCP connect and a full TLS handshake per request (the first
 //!   admission after the API server's pooled connection went away).
