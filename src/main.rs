@@ -11,6 +11,8 @@ mod demo_ramp;
 mod demo_story;
 mod demo_upstream;
 mod fleet;
+mod inject_cmd;
+mod injector;
 mod logging;
 mod ofrep;
 mod rollout_store;
