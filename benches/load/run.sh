@@ -4,7 +4,9 @@
 # Checks for its tools (installs nothing), builds release binaries of Rampart and of the two
 # bench-only peers (bare hyper, bare pingora: their own workspace, their own target dir
 # target/peers), then runs benches/load/driver.py, which measures everything in one
-# interleaved run and writes the table to docs/PERFORMANCE.md. Arguments go to the driver
+# interleaved run (64 connections and 1 connection per target, an upstream-connections burst,
+# idle keep-alive connections through benches/load/conns.py) and writes the tables to
+# docs/PERFORMANCE.md. Arguments go to the driver
 # (`benches/load/run.sh --help`); `--skip E` leaves pingora out (and so needs no cmake).
 set -euo pipefail
 
@@ -17,6 +19,7 @@ need nginx   "apt-get install nginx-light"
 need haproxy "apt-get install haproxy"
 need wrk     "apt-get install wrk"
 need taskset "apt-get install util-linux"
+need ss      "apt-get install iproute2"
 need python3 "apt-get install python3"
 need cargo   "https://rustup.rs"
 skip_pingora=0
@@ -49,4 +52,5 @@ peers=(-p bare-hyper)
 CARGO_TARGET_DIR="$root/target/peers" cargo build --release \
   --manifest-path benches/peers/Cargo.toml "${peers[@]}"
 
-exec python3 benches/load/driver.py "$@"
+# The binary cargo just built (CARGO_TARGET_DIR honoured); a --rampart given here wins.
+exec python3 benches/load/driver.py --rampart "${CARGO_TARGET_DIR:-$root/target}/release/rampart" "$@"
