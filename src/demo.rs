@@ -3,7 +3,6 @@
 //! them with a 20 % canary split, and a traffic generator of many distinct identities,
 //! with a live summary once a second.
 
-use crate::runtime::{Loaded, Runtime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -12,6 +11,7 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_proxy::SnapshotSource;
+use rampart_runtime::{Loaded, Runtime, StartOptions};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -92,49 +92,38 @@ pub(crate) struct Embedded {
     pub proxy_addr: SocketAddr,
     /// The metrics address.
     pub metrics_addr: SocketAddr,
-    /// Send `true` to stop its listeners.
+    /// Send `true` to stop it (at once, without a drain).
     pub stop_tx: tokio::sync::watch::Sender<bool>,
-    /// Resolves once `stop_tx` says stop (for the act's own tasks).
-    pub stop_rx: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Parses `text` (listeners on port 0), binds, and serves the data plane and metrics.
+/// Parses `text` (listeners on port 0) and starts it through the same library entry point
+/// as `rampart run` (health checks, rollout ticker, fleet analysis, admin state), without a
+/// file to watch or signals to handle.
 pub(crate) async fn start_embedded(text: &str, name: &str) -> anyhow::Result<Embedded> {
     let config = rampart_core::config::parse(text).map_err(|e| anyhow::anyhow!(e.render(name)))?;
-    let bound = crate::runtime::bind(&config, (None, None)).await?;
-    let proxy_addr = bound.proxy.local_addr()?;
-    let metrics_addr = bound.metrics.local_addr()?;
-    let runtime = Arc::new(Runtime::new(Loaded {
+    let loaded = Loaded {
         source: SnapshotSource {
             sha256: rampart_core::config::sha256_hex(text.as_bytes()),
             path: None,
         },
         bytes: text.as_bytes().to_vec(),
         config,
-    })?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(rampart_proxy::server::serve(
-        bound.proxy,
-        Arc::clone(&runtime.state),
-        None,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(rampart_admin::metrics_server::serve(
-        bound.metrics,
-        runtime.registry.clone(),
-        Arc::clone(&runtime.readiness),
-        stopped(stop_rx.clone()),
-    ));
-    runtime.readiness.set(true);
+    let running = rampart_runtime::start(loaded, StartOptions::default()).await?;
+    let runtime = Arc::clone(running.runtime());
+    let (proxy_addr, metrics_addr) = (running.proxy_addr(), running.metrics_addr());
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        if let Err(e) = running.stop_now().await {
+            tracing::error!(error = %e, "the demo's proxy did not stop cleanly");
+        }
+    });
     Ok(Embedded {
         runtime,
         proxy_addr,
         metrics_addr,
         stop_tx,
-        stop_rx,
     })
 }
 

@@ -3,18 +3,13 @@
 
 #![forbid(unsafe_code)]
 
-mod admin_control;
 mod cli;
 mod commands;
 mod demo;
 mod demo_ramp;
 mod demo_upstream;
-mod fleet;
 mod logging;
-mod rollout_store;
-mod runtime;
 mod status;
-mod watch;
 
 use std::process::ExitCode;
 

@@ -1,19 +1,24 @@
-//! Wiring: loads a config, publishes it as a snapshot, binds the listeners, serves, reloads
-//! on SIGHUP, and drains on SIGTERM (SPEC sections 4 and 8).
+//! The runtime: loads a config, publishes it as a snapshot, binds the listeners, serves,
+//! reloads when the file changes (or on SIGHUP, or at the periodic check), and drains on
+//! SIGTERM (docs/reload.md, docs/deploy.md). Every apply or rejection is a
+//! [`ConfigEvent`] sent to the subscribers registered at start; the runtime knows nothing
+//! of the admin API or the audit log.
 
-use anyhow::Context as _;
+use crate::events::{routes_changed, AppliedConfig, Cause, ConfigEvent, ConfigSubscriber};
+use crate::events::{RejectedConfig, ReloadMetrics};
 use prometheus::Registry;
 use rampart_admin::metrics_server::{self, Readiness};
 use rampart_core::config::{self, Config, ConfigErrors};
 use rampart_proxy::handler::ProxyState;
 use rampart_proxy::tls::ReloadingCert;
+use rampart_proxy::upstream::UpstreamError;
 use rampart_proxy::{Metrics, Snapshot, SnapshotSource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Why a config file could not be loaded.
@@ -145,26 +150,50 @@ pub struct Runtime {
     /// sha256 of the config file as last read (valid or not), so an unchanged file is
     /// neither re-applied nor re-rejected by every periodic check.
     last_seen: std::sync::Mutex<String>,
-    /// Admin kills, pauses, config history, rollback pin and audit log (admin_control.rs).
-    pub admin: crate::admin_control::RuntimeAdmin,
+    /// Who hears of every apply and rejection: the reload metrics first, then those
+    /// registered at start (admin state and audit log, tests).
+    subscribers: Vec<Arc<dyn ConfigSubscriber>>,
+}
+
+/// Why a new config could not be applied (the previous one keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Its snapshot could not be built (an upstream's URL, TLS roots or `ca_file`).
+    #[error("building the snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
+}
+
+/// Why the runtime could not be built around its first config.
+#[derive(Debug, thiserror::Error)]
+pub enum NewRuntimeError {
+    /// A metric could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The first snapshot could not be built.
+    #[error("building the first snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
 }
 
 impl Runtime {
-    /// Builds the runtime around a first config.
-    pub fn new(loaded: Loaded) -> anyhow::Result<Runtime> {
+    /// Builds the runtime around a first config and tells `subscribers` it was applied
+    /// ([`Cause::Start`]).
+    pub fn new(
+        loaded: Loaded,
+        subscribers: Vec<Arc<dyn ConfigSubscriber>>,
+    ) -> Result<Runtime, NewRuntimeError> {
         let state_dir = loaded.config.state_dir.clone();
-        let admin = crate::admin_control::RuntimeAdmin::new(&loaded);
-        let bytes = loaded.bytes.clone();
+        let bytes: Arc<[u8]> = loaded.bytes.into();
         let loaded_sha = loaded.source.sha256.clone();
         let registry = Registry::new();
-        let metrics = Metrics::new(&registry).context("registering metrics")?;
+        let metrics = Metrics::new(&registry)?;
         let config = Arc::new(loaded.config);
         let persisted = state_dir
             .as_deref()
             .map(crate::rollout_store::load)
             .unwrap_or_default();
-        let snapshot = Snapshot::build(config, loaded.source, &metrics, None, &persisted)
-            .context("building the first snapshot")?;
+        let snapshot = Snapshot::build(config, loaded.source, &metrics, None, &persisted)?;
+        let mut all: Vec<Arc<dyn ConfigSubscriber>> = vec![Arc::new(ReloadMetrics::new(&metrics))];
+        all.extend(subscribers);
         let state = Arc::new(ProxyState::new(snapshot, metrics));
         let first_sha = loaded_sha.clone();
         let runtime = Runtime {
@@ -173,18 +202,25 @@ impl Runtime {
             readiness: Arc::new(Readiness::default()),
             state_dir,
             last_seen: std::sync::Mutex::new(first_sha),
-            admin,
+            subscribers: all,
         };
+        runtime.notify(&ConfigEvent::Applied(AppliedConfig {
+            cause: Cause::Start,
+            previous: None,
+            snapshot: runtime.state.snapshot.load_full(),
+            bytes: Arc::clone(&bytes),
+            routes_changed: Vec::new(),
+        }));
         runtime.publish_config_metrics(None);
-        runtime
-            .state
-            .metrics
-            .config_reloads
-            .with_label_values(&["applied"])
-            .inc();
         runtime.keep_last_good(&bytes);
-        runtime.admin.start(&runtime);
         Ok(runtime)
+    }
+
+    /// Sends `event` to every subscriber, in the order they were registered.
+    fn notify(&self, event: &ConfigEvent) {
+        for subscriber in &self.subscribers {
+            subscriber.config_event(event);
+        }
     }
 
     /// Records the config file's content as seen (for a start on the last good config,
@@ -197,17 +233,7 @@ impl Runtime {
 
     /// Writes every rollout's state to `state_dir` (after verdicts and operator actions).
     pub fn persist_rollouts(&self) {
-        let Some(dir) = &self.state_dir else { return };
-        let snapshot = self.state.snapshot.load();
-        let states: Vec<_> = snapshot
-            .routes
-            .iter()
-            .filter_map(|rt| rt.rollout.as_ref())
-            .filter_map(|r| r.snapshot().map(|(state, _)| (r.route.clone(), state)))
-            .collect();
-        if let Err(e) = crate::rollout_store::save(dir, &states) {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot keep rollout state in state_dir");
-        }
+        crate::rollout_store::persist(&self.state, self.state_dir.as_deref());
     }
 
     /// Stores an applied config's bytes as the last good config in `state_dir`.
@@ -219,22 +245,33 @@ impl Runtime {
         }
     }
 
-    /// Marks the applied config as not the file's (started on the last good config, or a
-    /// reload was rejected): `rampart_config_last_reload_successful` 0 and one rejection.
-    pub fn mark_rejected(&self) {
-        self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&["rejected"])
-            .inc();
-        self.state.metrics.config_last_reload_successful.set(0);
+    /// Tells the subscribers the file at `path` was refused (`error`) and the serving config
+    /// is not the file's: `rampart_config_last_reload_successful` 0, one rejection, an
+    /// audit entry.
+    pub fn reject(&self, cause: Cause, path: &Path, sha256: &str, error: String) {
+        self.notify(&ConfigEvent::Rejected(RejectedConfig {
+            cause,
+            sha256: sha256.to_string(),
+            file: Some(path.to_path_buf()),
+            error,
+        }));
     }
 
-    /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools)
-    /// and swaps it in whole.
-    pub fn apply(&self, loaded: Loaded) -> anyhow::Result<()> {
+    /// The process started on the last good config because the file at `path` is invalid:
+    /// the rejection is reported, and the broken file is remembered as seen so the periodic
+    /// check does not reject it again until it changes.
+    pub fn started_on_last_good(&self, path: &Path, error: String) {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        self.set_last_seen(&bytes);
+        self.reject(Cause::Start, path, &config::sha256_hex(&bytes), error);
+    }
+
+    /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools),
+    /// tells the subscribers why (`cause`), and swaps it in whole. On error nothing
+    /// changed: the serving snapshot stays.
+    pub fn apply(&self, loaded: Loaded, cause: Cause) -> Result<(), ApplyError> {
         let previous = self.state.snapshot.load_full();
-        let bytes = loaded.bytes.clone();
+        let bytes: Arc<[u8]> = loaded.bytes.into();
         let snapshot = Snapshot::build(
             Arc::new(loaded.config),
             loaded.source,
@@ -250,14 +287,15 @@ impl Runtime {
         }
         let snapshot = Arc::new(snapshot);
         // Audited before it serves: whatever status shows is already in the audit log.
-        self.admin.applied(&previous, &snapshot, &bytes);
+        self.notify(&ConfigEvent::Applied(AppliedConfig {
+            cause,
+            routes_changed: routes_changed(&previous.config, &snapshot.config),
+            previous: Some(Arc::clone(&previous)),
+            snapshot: Arc::clone(&snapshot),
+            bytes: Arc::clone(&bytes),
+        }));
         self.state.snapshot.store(Arc::clone(&snapshot));
         self.publish_config_metrics(Some(&previous.config));
-        self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&["applied"])
-            .inc();
         rampart_proxy::health::start_checkers(&self.state);
         self.keep_last_good(&bytes);
         Ok(())
@@ -265,8 +303,8 @@ impl Runtime {
 
     /// Re-reads `path` and applies it if its content changed since the last look and it
     /// is valid; an invalid or unreadable file is rejected (logged with its errors and
-    /// counted) and the applied config keeps serving.
-    pub fn reload(&self, path: &Path) {
+    /// counted) and the applied config keeps serving. `cause` says what made it look.
+    pub fn reload(&self, path: &Path, cause: Cause) {
         let bytes = std::fs::read(path);
         let seen = match &bytes {
             Ok(b) => config::sha256_hex(b),
@@ -298,18 +336,18 @@ impl Runtime {
             })
             .and_then(|b| parse_bytes(path, b));
         match result {
-            Ok(loaded) => match self.apply(loaded) {
-                Ok(()) => tracing::info!(sha256 = %seen, file = %path.display(), "config applied"),
+            Ok(loaded) => match self.apply(loaded, cause) {
+                Ok(()) => {
+                    tracing::info!(sha256 = %seen, file = %path.display(), %cause, "config applied")
+                }
                 Err(e) => {
-                    self.mark_rejected();
-                    self.admin.rejected(path, &seen, &format!("{e:#}"));
-                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "config rejected; the last good config keeps serving");
+                    tracing::error!(error = %e, file = %path.display(), %cause, "config rejected; the last good config keeps serving");
+                    self.reject(cause, path, &seen, e.to_string());
                 }
             },
             Err(e) => {
-                self.mark_rejected();
-                self.admin.rejected(path, &seen, &e.to_string());
-                tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
+                tracing::error!(error = %e, file = %path.display(), %cause, "config rejected; the last good config keeps serving");
+                self.reject(cause, path, &seen, e.to_string());
             }
         }
     }
@@ -324,7 +362,6 @@ impl Runtime {
             .config_info
             .with_label_values(&[&config.version.to_string(), &snapshot.source.sha256])
             .set(1);
-        metrics.config_last_reload_successful.set(1);
         let now = SystemTime::now();
         metrics.config_last_reload_timestamp.set(
             now.duration_since(SystemTime::UNIX_EPOCH)
@@ -494,17 +531,33 @@ pub async fn bind(
     })
 }
 
-/// Serves until SIGTERM or SIGINT, then drains (SPEC section 4); reloads on SIGHUP.
-pub async fn serve(
+/// What the process asks of a running runtime (from signals, or from a library caller
+/// such as the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Re-read the config file (SIGHUP).
+    Reload(Cause),
+    /// Stop: the first one drains (docs/deploy.md#drain), a second skips what is left.
+    Stop,
+}
+
+/// Why serving ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data-plane listener's task panicked or was cancelled.
+    #[error("the proxy listener task failed: {0}")]
+    ProxyTask(#[from] tokio::task::JoinError),
+}
+
+/// Serves until a [`Command::Stop`], then drains (docs/deploy.md#drain); reloads on
+/// [`Command::Reload`], when the file changes and at the periodic check.
+pub(crate) async fn serve(
     runtime: Arc<Runtime>,
     bound: Bound,
     config_path: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    admin: Option<crate::admin_control::AdminServer>,
+) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -526,7 +579,9 @@ pub async fn serve(
     let _config_watcher = config_path.clone().and_then(|path| {
         let runtime = Arc::clone(&runtime);
         let watched = path.clone();
-        crate::watch::spawn("config", &[&watched], move || runtime.reload(&path))
+        crate::watch::spawn("config", &[&watched], move || {
+            runtime.reload(&path, Cause::FileChange)
+        })
     });
     let _cert_watcher = bound.cert.clone().and_then(|cert| {
         let (c, k) = cert.files();
@@ -534,7 +589,11 @@ pub async fn serve(
         crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
     });
     rampart_proxy::health::start_checkers(&runtime.state);
-    let fleet = tokio::spawn(crate::fleet::run(Arc::clone(&runtime)));
+    let fleet = tokio::spawn(crate::fleet::run(
+        Arc::clone(&runtime.state),
+        runtime.state_dir.clone(),
+        crate::fleet::Prometheus::new(),
+    ));
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,
@@ -548,7 +607,7 @@ pub async fn serve(
         loop {
             tick.tick().await;
             if let Some(path) = &config_path {
-                runtime.reload(path);
+                runtime.reload(path, Cause::Periodic);
             }
             runtime.refresh_expiry(std::time::SystemTime::now());
             if let Some(cert) = &bound.cert {
@@ -569,14 +628,16 @@ pub async fn serve(
     tokio::pin!(rollouts);
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                if let Some(path) = &config_path {
-                    tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
-                    runtime.reload(path);
+            command = commands.recv() => match command {
+                Some(Command::Reload(cause)) => {
+                    if let Some(path) = &config_path {
+                        tracing::info!(file = %path.display(), %cause, "reloading the config");
+                        runtime.reload(path, cause);
+                    }
                 }
-            }
+                // Every sender gone: nobody can ask to stop any more, so stop now.
+                Some(Command::Stop) | None => break,
+            },
             _ = &mut periodic => {}
             _ = &mut rollouts => {}
         }
@@ -584,14 +645,15 @@ pub async fn serve(
 
     // Drain: unready at once, keep serving for `delay` while endpoints are removed, then
     // close listeners and let in-flight requests finish for up to `timeout`. A second
-    // SIGTERM or SIGINT skips what is left.
+    // stop (SIGTERM or SIGINT) skips what is left.
     let drain = runtime.state.snapshot.load().config.drain;
     runtime.readiness.set(false);
     tracing::info!(delay = ?drain.delay, timeout = ?drain.timeout, "shutdown requested: draining");
     let skip = async {
-        tokio::select! {
-            _ = sigterm.recv() => {},
-            _ = sigint.recv() => {},
+        loop {
+            if matches!(commands.recv().await, Some(Command::Stop) | None) {
+                break;
+            }
         }
     };
     tokio::pin!(skip);
@@ -600,7 +662,7 @@ pub async fn serve(
         _ = &mut skip => true,
     };
     let _ = proxy_stop_tx.send(true);
-    let graceful = proxy_task.await.context("the proxy listener task failed")?;
+    let graceful = proxy_task.await?;
     if !skipped {
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all in-flight requests finished"),
@@ -609,6 +671,9 @@ pub async fn serve(
         }
     }
     fleet.abort();
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     tracing::info!("rampart stopped");
