@@ -631,7 +631,11 @@ pub(crate) async fn serve(
             command = commands.recv() => match command {
                 Some(Command::Reload(cause)) => {
                     if let Some(path) = &config_path {
-                        tracing::info!(file = %path.display(), %cause, "reloading the config");
+                        if cause == Cause::Sighup {
+                            tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
+                        } else {
+                            tracing::info!(file = %path.display(), %cause, "reloading the config");
+                        }
                         runtime.reload(path, cause);
                     }
                 }
