@@ -11,6 +11,7 @@
 //! (docs/decisions.md#the-control-plane-is-a-library).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod admin_control;
 pub mod events;
