@@ -54,6 +54,10 @@ pub enum Command {
         /// How long the first act (split and breaker) runs, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Where the full JSON logs go: `stderr`, or a file (default: a new file in the
+        /// temporary directory, named at the end). The screen shows the table and events.
+        #[arg(long, value_name = "stderr|FILE")]
+        logs: Option<String>,
     },
     /// What an SRE looks at in an incident: one replica from its admin API (`--admin`), or
     /// the whole fleet from Prometheus (`--prometheus --selector`). See docs/status.md.

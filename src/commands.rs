@@ -24,7 +24,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             identity,
             json,
         } => explain(&config, &route, &identity, json),
-        Command::Demo { seconds } => crate::demo::run(seconds),
+        Command::Demo { seconds, logs } => crate::demo::run(seconds, logs.as_deref()),
         Command::Audit {
             command: crate::cli::AuditCommand::Verify { file, head },
         } => audit_verify(&file, head.as_deref()),
@@ -68,12 +68,15 @@ pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 
 fn run(flag: Option<PathBuf>) -> ExitCode {
     let path = config_path(flag);
-    let (loaded, started_on_last_good) = match runtime::load(&path) {
+    let (loaded, started_on_last_good) = match load_and_prepare(&path) {
         Ok(l) => (l, None),
         Err(e) => {
             eprintln!("{e}");
-            let last_good =
-                runtime::state_dir_of_invalid(&path).and_then(|dir| runtime::load_last_good(&dir));
+            // Any failure to apply the file (not only a parse error) starts the last good
+            // config, if it still builds: a pod never crash-loops on a file `check` passed.
+            let last_good = runtime::state_dir_of_invalid(&path)
+                .and_then(|dir| runtime::load_last_good(&dir))
+                .filter(|l| runtime::prepare(l).is_ok());
             match last_good {
                 Some(l) => {
                     tracing::error!(
@@ -167,8 +170,16 @@ fn in_configmap_dir(file: &Path) -> bool {
     dir.join("..data").exists()
 }
 
+/// Loads `path` and builds everything `run` builds from it before serving
+/// ([`runtime::prepare`]); the error is the text to print.
+fn load_and_prepare(path: &Path) -> Result<runtime::Loaded, String> {
+    let loaded = runtime::load(path).map_err(|e| e.to_string())?;
+    runtime::prepare(&loaded).map_err(|e| format!("{}: {e:#}", path.display()))?;
+    Ok(loaded)
+}
+
 fn check(path: &Path) -> ExitCode {
-    match runtime::load(path) {
+    match load_and_prepare(path) {
         Ok(loaded) => {
             let config = &loaded.config;
             println!(

@@ -14,6 +14,7 @@ use rampart_proxy::SnapshotSource;
 use rampart_runtime::{Loaded, Runtime, StartOptions};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,7 +135,7 @@ fn failure_window(length: Duration) -> (Duration, Duration) {
 }
 
 /// The canary breaker's state on the demo route.
-fn breaker_state(runtime: &Runtime) -> &'static str {
+pub(crate) fn breaker_state(runtime: &Runtime) -> &'static str {
     let snapshot = runtime.state.snapshot.load();
     snapshot
         .routes
@@ -145,8 +146,37 @@ fn breaker_state(runtime: &Runtime) -> &'static str {
         .unwrap_or("-")
 }
 
-/// Runs the demo for `seconds` and exits 0.
-pub fn run(seconds: u64) -> ExitCode {
+/// Where the demo's JSON logs go.
+enum Logs {
+    Stderr,
+    File(PathBuf),
+}
+
+/// Runs the demo (its first act lasts `seconds`) and exits 0. The screen gets the tables
+/// and the events between their rows; the JSON logs go to `logs` (`stderr` or a file,
+/// by default a new file in the temporary directory, named at the end).
+pub fn run(seconds: u64, logs: Option<&str>) -> ExitCode {
+    let logs = match logs {
+        Some(l) if l.eq_ignore_ascii_case("stderr") => Logs::Stderr,
+        Some(path) => Logs::File(PathBuf::from(path)),
+        None => Logs::File(std::env::temp_dir().join(format!(
+            "rampart-demo-{}-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+            std::process::id()
+        ))),
+    };
+    if let Logs::File(path) = &logs {
+        if let Err(e) = crate::logging::to_file(path) {
+            eprintln!(
+                "rampart demo: cannot write the log file {}: {e}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let tokio = match crate::commands::tokio_runtime(2) {
         Ok(rt) => rt,
         Err(e) => {
@@ -154,7 +184,20 @@ pub fn run(seconds: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match tokio.block_on(demo(Duration::from_secs(seconds.max(1)))) {
+    match &logs {
+        Logs::File(_) => println!(
+            "Rampart demo: three acts, about 45 s. The full JSON logs go to a file named at the end."
+        ),
+        Logs::Stderr => println!("Rampart demo: three acts, about 45 s. The JSON logs go to stderr."),
+    }
+    println!();
+    let result = tokio.block_on(demo(Duration::from_secs(seconds.max(1))));
+    crate::logging::flush();
+    if let Logs::File(path) = &logs {
+        println!();
+        println!("Full logs (JSON lines): {}", path.display());
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rampart demo: {e:#}");
@@ -178,7 +221,9 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         ..
     } = start_embedded(&text, "demo.yaml").await?;
 
-    println!("Rampart demo");
+    let started = Instant::now();
+    let story = crate::demo_story::Story::subscribe(&runtime.state, started);
+    println!("Act 1: a canary at 20 %, and a failure the breaker catches");
     println!("  stable upstream \"v1\"  http://{stable}");
     println!("  canary upstream \"v2\"  http://{canary}");
     println!("  proxy                 http://{proxy_addr}   (route checkout: /checkout, 20 % canary by x-user-id)");
@@ -190,7 +235,8 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         fail_at.as_secs(),
         heal_at.as_secs()
     );
-    println!("stable within a second, probe after open_for, and close once the canary is healthy.");
+    println!("stable at once, probe the canary after open_for, and close once it is healthy.");
+    println!("Events are printed between the rows, at the second they happened.");
     println!();
     println!(
         "{:>5}  {:>8}  {:>14}  {:>14}  {:>6}  {:<10}  canary",
@@ -233,14 +279,16 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             }
         }));
     }
-    let started = Instant::now();
     let mut last = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while Instant::now() < deadline {
         tick.tick().await;
         let elapsed = started.elapsed();
+        // The row describes the second just past; the canary's health changes after it.
+        let was_failing = canary_failing.load(Ordering::Relaxed);
         canary_failing.store(elapsed >= fail_at && elapsed < heal_at, Ordering::Relaxed);
+        story.print_new();
         let now = (
             tally.stable.load(Ordering::Relaxed),
             tally.canary.load(Ordering::Relaxed),
@@ -266,7 +314,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
             share(c),
             e,
             breaker_state(&runtime),
-            if canary_failing.load(Ordering::Relaxed) {
+            if was_failing {
                 "failing (500)"
             } else {
                 "healthy"
@@ -277,6 +325,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     for w in workers {
         let _ = w.await;
     }
+    story.print_new();
     let (s, c, e) = (
         tally.stable.load(Ordering::Relaxed),
         tally.canary.load(Ordering::Relaxed),
@@ -292,12 +341,12 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
     );
     let _ = stop_tx.send(true);
     crate::demo_ramp::ramp_act(
-        "Act 2: a progressive rollout, 5 -> 25 -> 50 -> 100 %, 2 s steps; the canary stays healthy",
+        "Act 2: a progressive rollout, 5 -> 25 -> 50 -> 100 %, 2 s steps; the canary stays healthy,\n       so each step's verdict passes and the last one promotes it",
         None,
     )
     .await?;
     crate::demo_ramp::ramp_act(
-        "Act 3: the same rollout; the canary degrades once it reaches 25 % and the analysis rolls it back",
+        "Act 3: the same rollout; the canary starts failing at 25 %. Its breaker sends its users back\n       to stable at once, and the step's verdict then rolls the rollout back to 0 %",
         Some(25),
     )
     .await?;

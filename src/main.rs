@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod demo;
 mod demo_ramp;
+mod demo_story;
 mod demo_upstream;
 mod logging;
 mod status;

@@ -327,6 +327,88 @@ fn check_reports_every_error_in_a_file_not_just_the_first() {
     find_error(&errors, &all, &["routes[1].name", "checkout"]);
 }
 
+/// (line, column) of `needle` in `text`, both 1-based.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let offset = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the config"));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[test]
+fn check_prints_one_line_for_each_of_five_kinds_of_error_in_one_run() {
+    // A type error, an unknown field, a bad duration, an unknown backend and a duplicate
+    // route name: the first three stop a serde pass, the last two are semantic.
+    let config = valid_with("min_requests: 20", "min_requests: lots")
+        .replacen(
+            "    owner: team-payments\n",
+            "    owner: team-payments\n    retries: 3\n",
+            1,
+        )
+        .replacen("open_for: 30s", "open_for: 30x", 1)
+        .replacen(
+            "{backend: canary, percent: 10}",
+            "{backend: canry, percent: 10}",
+            1,
+        )
+        .replacen("- name: cart", "- name: checkout", 1);
+    let dir = TempDir::new("check");
+    let file = dir.write("rampart.yaml", &config);
+    let out = run_cli(&["check", "-c", file.to_str().unwrap()]);
+    let all = out.all();
+    assert_eq!(out.code, Some(1), "exit code; output:\n{all}");
+    let printed: Vec<&str> = all.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(printed.len(), 5, "not five lines:\n{all}");
+    let f = file.display().to_string();
+    let expect = |needle: &str, path: &str, message: &str| {
+        let (line, col) = position_of(&config, needle);
+        let want = format!("{f}:{line}:{col}: {path}: {message}");
+        assert!(
+            printed.iter().any(|l| l.starts_with(&want)),
+            "no line starting {want:?} in:\n{all}"
+        );
+    };
+    expect(
+        "retries: 3",
+        "routes[0].retries",
+        "unknown field \"retries\"",
+    );
+    expect(
+        "canry",
+        "routes[0].split[0].backend",
+        "unknown upstream \"canry\"",
+    );
+    expect(
+        "lots",
+        "routes[0].breaker.min_requests",
+        "expected a whole number",
+    );
+    expect(
+        "30x",
+        "routes[0].breaker.open_for",
+        "invalid duration \"30x\": write a whole number and a unit, ms, s, m or h",
+    );
+    expect(
+        "checkout\n    match: {path_prefix: /cart}",
+        "routes[1].name",
+        "duplicate route name \"checkout\"",
+    );
+    // File order.
+    let lines: Vec<usize> = printed
+        .iter()
+        .filter_map(|l| l.strip_prefix(&format!("{f}:")))
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(lines.len(), 5, "{all}");
+    assert!(
+        lines.windows(2).all(|w| w[0] <= w[1]),
+        "not in file order:\n{all}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // explain
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! Black-box: a fault in what the client sent or did is the client's (docs/breaker.md#what-counts).
+//! Black-box: a fault in what the client sent or did is the client's (docs/breaker.md#what-counts-against-an-upstream).
 //! Malformed chunked bodies, bodies cut short and bodies that stall are answered (or not)
 //! by Rampart and never count against the canary: its attempts counter shows no error, its
 //! breaker stays closed, so no unauthenticated client can switch a canary off or fail its

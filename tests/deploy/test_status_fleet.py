@@ -1,4 +1,4 @@
-"""`rampart status --prometheus URL --selector SEL` (docs/status.md#the-fleet) end to end: two
+"""`rampart status --prometheus URL --selector SEL` (docs/status.md#the-fleet---prometheus) end to end: two
 `rampart run` replicas scraped by a real Prometheus, one held on the first rollout step and
 one moved to the second by its own verdict, one with a canary breaker open and a config
 kill. The fleet view must show the drift, the open breaker on one replica of two, the kill

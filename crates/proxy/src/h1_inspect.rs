@@ -16,23 +16,35 @@
 //! refuses the request and closes the connection, or the connection is no longer HTTP/1.1
 //! (prior-knowledge HTTP/2). It only observes; it never changes, delays or fails I/O.
 //!
-//! `Upgrade` and `CONNECT` requests do not stop it. The proxy answers them like any other
-//! request (it never sends 101), and hyper then goes on reading HTTP/1.1 from the same
-//! connection, so giving up there would let the next request past unobserved. Should an
-//! upgrade ever be accepted, the tunnel's bytes either fail to parse (tracking stops) or
-//! get numbered as requests hyper never hands to the service, which nobody asks about.
+//! `Upgrade` and `CONNECT` requests do not stop it: an upgrade the upstream refuses is
+//! answered like any other request, and hyper then goes on reading HTTP/1.1 from the same
+//! connection, so giving up there would let the next request past unobserved. When the
+//! upstream accepts an upgrade (a WebSocket), the proxy sends the client its 101 and
+//! tunnels the connection; the tunnel's bytes then either fail to parse (tracking stops)
+//! or get numbered as requests hyper never hands to the service, which nobody asks about.
 //!
 //! Cost: a head that arrives whole in one read is parsed in place (no allocation); only a
-//! head split across reads is copied into a per-connection buffer. Body bytes are skipped
+//! head split across reads is copied into a per-connection buffer, which is freed as soon as
+//! the head is complete, so an idle keep-alive connection holds none. Body bytes are skipped
 //! by count, never scanned.
+//!
+//! The wrapper also carries the connection's write-progress watchdog (`send_timeout`,
+//! docs/proxying.md#hostile-clients): a write that stays blocked for that long, because the
+//! client stopped reading, fails with `TimedOut`, which ends the connection (and so the
+//! response and the upstream slot it held), whatever protocol runs over it. And it notes a
+//! client that closed while it had sent only part of the HTTP/2 preface, which hyper would
+//! otherwise report as a malformed HTTP/1.1 request.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// What an HTTP/2 prior-knowledge client sends first; hyper-util's `auto` server serves
 /// such a connection as HTTP/2, so there is no HTTP/1.1 framing to follow.
@@ -52,10 +64,6 @@ const MAX_HEAD_BYTES: usize = 2 * crate::server::MAX_HEADER_BYTES;
 /// incomplete, so the body after a head is rarely copied.
 const APPEND_STEP: usize = 1024;
 
-/// Split-head buffer capacity kept between requests; a larger one is freed so that an
-/// idle connection does not hold on to the memory of one big head.
-const RETAINED_BUFFER: usize = 4 * 1024;
-
 /// The verdicts the tracker shares with the handler of one connection.
 ///
 /// Requests are numbered 0, 1, 2, ... in the order they arrive on the connection, which is
@@ -67,6 +75,10 @@ pub struct H1Flags {
     /// Index + 1 of the first request with both `Content-Length` and `Transfer-Encoding`;
     /// 0 while there is none.
     first_smuggling: AtomicU64,
+    /// The client closed after sending only a part of the HTTP/2 preface.
+    closed_in_preface: std::sync::atomic::AtomicBool,
+    /// A write stayed blocked for the send timeout and failed the connection.
+    send_timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl H1Flags {
@@ -84,6 +96,17 @@ impl H1Flags {
         request_index
             .checked_add(1)
             .is_some_and(|marked| self.first_smuggling.load(Ordering::Acquire) == marked)
+    }
+
+    /// Whether the client closed the connection after sending only part of the HTTP/2
+    /// preface (and nothing else): a closed connection, not a malformed request.
+    pub fn closed_in_preface(&self) -> bool {
+        self.closed_in_preface.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection ended because a write made no progress for the send timeout.
+    pub fn send_timed_out(&self) -> bool {
+        self.send_timed_out.load(Ordering::Acquire)
     }
 
     fn record_smuggling(&self, request_index: u64) {
@@ -107,6 +130,12 @@ impl H1Flags {
 pub struct InspectedIo<T> {
     inner: T,
     tracker: Tracker,
+    /// Longest a write may stay blocked; `None`: no watchdog.
+    send_timeout: Option<Duration>,
+    /// The watchdog's timer, made the first time a write blocks and kept for reuse.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall` runs for the write blocked now.
+    stall_armed: bool,
 }
 
 impl<T> InspectedIo<T> {
@@ -116,7 +145,16 @@ impl<T> InspectedIo<T> {
         Self {
             inner,
             tracker: Tracker::new(Arc::new(H1Flags::new())),
+            send_timeout: None,
+            stall: None,
+            stall_armed: false,
         }
+    }
+
+    /// Fails writes that stay blocked for `timeout` (the client accepts no bytes) with
+    /// `TimedOut`, ending the connection.
+    pub fn set_send_timeout(&mut self, timeout: Duration) {
+        self.send_timeout = Some(timeout);
     }
 
     /// The verdicts for this connection, to be moved into its service.
@@ -138,13 +176,58 @@ impl<T: AsyncRead + Unpin> AsyncRead for InspectedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
+        let room = buf.remaining();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if let Some(read) = buf.filled().get(before..) {
-                this.tracker.feed(read);
+            match buf.filled().get(before..) {
+                Some(read) if !read.is_empty() => this.tracker.feed(read),
+                _ if room > 0 => this.tracker.eof(),
+                _ => {}
             }
         }
         polled
+    }
+}
+
+impl<T> InspectedIo<T> {
+    /// The write watchdog: a write that made progress disarms it; one that is blocked arms
+    /// it (once per blocked stretch) and fails with `TimedOut` when it fires.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        let Some(timeout) = self.send_timeout else {
+            return polled;
+        };
+        if polled.is_ready() {
+            self.stall_armed = false;
+            return polled;
+        }
+        let deadline = Instant::now() + timeout;
+        let stall = match &mut self.stall {
+            Some(stall) => {
+                if !self.stall_armed {
+                    stall.as_mut().reset(deadline);
+                }
+                stall
+            }
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.stall_armed = true;
+        if stall.as_mut().poll(cx).is_ready() {
+            self.tracker
+                .flags
+                .send_timed_out
+                .store(true, Ordering::Release);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client accepted no bytes for send_timeout",
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -154,15 +237,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for InspectedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch_write(cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -170,7 +259,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for InspectedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -326,11 +417,8 @@ impl Tracker {
                     let Some(from_this_read) = len.checked_sub(buffered) else {
                         return self.stop();
                     };
-                    if self.head_buf.capacity() > RETAINED_BUFFER {
-                        self.head_buf = Vec::new();
-                    } else {
-                        self.head_buf.clear();
-                    }
+                    // Freed, not kept: an idle keep-alive connection holds no buffer.
+                    self.head_buf = Vec::new();
                     self.finish_head(framing);
                     return bytes.get(from_this_read..).unwrap_or_default();
                 }
@@ -427,6 +515,18 @@ impl Tracker {
                 // hyper fails the body on anything else and closes the connection.
                 _ => return self.stop(),
             };
+        }
+    }
+
+    /// The client closed its side. Only a close in the middle of the HTTP/2 preface is
+    /// noted (see [`H1Flags::closed_in_preface`]).
+    fn eof(&mut self) {
+        if self.state == State::Head
+            && self.next_index == 0
+            && !self.head_buf.is_empty()
+            && H2_PREFACE.starts_with(&self.head_buf)
+        {
+            self.flags.closed_in_preface.store(true, Ordering::Release);
         }
     }
 
@@ -849,6 +949,74 @@ mod tests {
         inspected.shutdown().await?;
         let echoed = writer.await.map_err(io::Error::other)??;
         assert_eq!(echoed, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_the_h2_preface_is_noted_and_a_close_after_a_request_is_not(
+    ) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (sent, noted) in [
+            (&H2_PREFACE[..18], true),
+            (&H2_PREFACE[..5], true),
+            (GET, false),
+            (b"GET / HT".as_slice(), false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut inspected = InspectedIo::new(server);
+            client.write_all(sent).await?;
+            client.shutdown().await?;
+            let mut all = Vec::new();
+            inspected.read_to_end(&mut all).await?;
+            assert_eq!(
+                inspected.flags().closed_in_preface(),
+                noted,
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_write_blocked_for_the_send_timeout_fails_the_connection() -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(64);
+        let mut inspected = InspectedIo::new(server);
+        inspected.set_send_timeout(std::time::Duration::from_millis(100));
+        // The client never reads: the 64-byte pipe fills and the write blocks.
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            inspected.write_all(&[b'x'; 4096]),
+        )
+        .await
+        .map_err(|_| io::Error::other("the watchdog never fired"))?;
+        let error = written.err().map(|e| e.kind());
+        assert_eq!(error, Some(io::ErrorKind::TimedOut));
+        assert!(inspected.flags().send_timed_out());
+        drop(client);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn writes_that_progress_never_time_out() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut inspected = InspectedIo::new(server);
+        inspected.set_send_timeout(std::time::Duration::from_millis(200));
+        let reader = tokio::spawn(async move {
+            // Slower overall than the timeout, but never blocked that long at once.
+            let mut total = 0;
+            let mut buf = [0u8; 64];
+            while total < 64 * 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                total += client.read(&mut buf).await?;
+            }
+            Ok::<_, io::Error>(total)
+        });
+        inspected.write_all(&[b'x'; 64 * 20]).await?;
+        assert!(!inspected.flags().send_timed_out());
+        assert_eq!(reader.await.map_err(io::Error::other)??, 64 * 20);
         Ok(())
     }
 

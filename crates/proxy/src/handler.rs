@@ -35,7 +35,7 @@ use rampart_core::decision::Reason;
 use rampart_core::identity::{self, IpText};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::body::MAX_RETRY_BODY;
@@ -49,8 +49,9 @@ pub struct ProxyState {
     pub metrics: Metrics,
     /// Routes killed by an operator on this replica (admin API), by name.
     pub admin_kills: ArcSwap<HashSet<String>>,
-    /// Where breaker transitions and other events are reported, once set.
-    pub events: OnceLock<EventSink>,
+    /// Who hears of breaker transitions and rollout verdicts (the audit log, the admin
+    /// status, the demo's narration): every subscriber gets every event.
+    events: ArcSwap<Vec<EventSink>>,
 }
 
 /// What the listener knows about a connection.
@@ -196,7 +197,23 @@ impl ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             admin_kills: ArcSwap::from_pointee(HashSet::new()),
-            events: OnceLock::new(),
+            events: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Adds `sink` to the subscribers of [`ProxyEvent`]s.
+    pub fn subscribe(&self, sink: EventSink) {
+        self.events.rcu(|sinks| {
+            let mut sinks = Vec::clone(sinks);
+            sinks.push(Arc::clone(&sink));
+            sinks
+        });
+    }
+
+    /// Hands `event` to every subscriber.
+    pub fn emit(&self, event: &ProxyEvent) {
+        for sink in self.events.load().iter() {
+            sink(event);
         }
     }
 

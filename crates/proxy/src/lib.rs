@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod completion;
+pub mod connection;
 pub mod decide;
 pub mod facts;
 pub mod failure;

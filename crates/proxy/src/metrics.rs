@@ -60,7 +60,20 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `rampart_config_last_reload_timestamp_seconds`: when the applied config was applied.
     pub config_last_reload_timestamp: Gauge,
+    /// `rampart_connections_open`: data-plane client connections open now.
+    pub connections_open: IntGauge,
+    /// `rampart_connections_max`: the `limits.max_connections` in force.
+    pub connections_max: IntGauge,
+    /// `rampart_connection_cap_reached_total`: times the data-plane listener found
+    /// `max_connections` open and paused accepting until one closed.
+    pub connection_cap_reached: prometheus::IntCounter,
+    /// `rampart_client_timeouts_total{timeout}`: client connections closed by a deadline
+    /// (`header_timeout`, `send_timeout`, `h2_idle_timeout`).
+    pub client_timeouts: IntCounterVec,
 }
+
+/// The `timeout` label values of `rampart_client_timeouts_total`, pre-registered.
+pub const CLIENT_TIMEOUTS: &[&str] = &["header_timeout", "send_timeout", "h2_idle_timeout"];
 
 /// Malformed-request reasons, pre-registered so the series exist from the start.
 pub const MALFORMED_REASONS: &[&str] = &[
@@ -68,6 +81,8 @@ pub const MALFORMED_REASONS: &[&str] = &[
     "header_too_large",
     "bad_request",
     "bad_body",
+    "duplicate_host",
+    "missing_host",
 ];
 
 impl Metrics {
@@ -120,6 +135,21 @@ impl Metrics {
             "Unix time of the last applied config.",
         )?;
         registry.register(Box::new(config_last_reload_timestamp.clone()))?;
+        let connections_open = IntGauge::new(
+            "rampart_connections_open",
+            "Data-plane client connections open now.",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let connections_max = IntGauge::new(
+            "rampart_connections_max",
+            "The data plane's connection cap (limits.max_connections) in force.",
+        )?;
+        registry.register(Box::new(connections_max.clone()))?;
+        let connection_cap_reached = prometheus::IntCounter::new(
+            "rampart_connection_cap_reached_total",
+            "Times the data-plane listener found max_connections connections open and paused accepting until one closed.",
+        )?;
+        registry.register(Box::new(connection_cap_reached.clone()))?;
         let m = Metrics {
             requests: counter(registry, "rampart_requests_total", "Requests answered, by route, the backend that answered and the class of what the client got.", &["route", "backend", "code_class"])?,
             duration,
@@ -142,12 +172,19 @@ impl Metrics {
             route_expired: gauge(registry, "rampart_route_expired", "1 once the route's expires date has begun.", &["route"])?,
             build_info: gauge(registry, "rampart_build_info", "Rampart's version; value 1.", &["version"])?,
             config_last_reload_timestamp,
+            connections_open,
+            connections_max,
+            connection_cap_reached,
+            client_timeouts: counter(registry, "rampart_client_timeouts_total", "Client connections closed by a deadline, by which one (header_timeout, send_timeout, h2_idle_timeout).", &["timeout"])?,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         for reason in MALFORMED_REASONS {
             m.malformed.with_label_values(&[reason]);
+        }
+        for timeout in CLIENT_TIMEOUTS {
+            m.client_timeouts.with_label_values(&[timeout]);
         }
         for result in ["applied", "rejected"] {
             m.config_reloads.with_label_values(&[result]);

@@ -82,13 +82,11 @@ impl ProxyState {
             }
         }
         self.publish_split(snapshot, route);
-        if let Some(sink) = self.events.get() {
-            sink(&ProxyEvent::Breaker {
-                route: rt.name_str.clone(),
-                backend: slot_rt.name_str.clone(),
-                transition: t,
-            });
-        }
+        self.emit(&ProxyEvent::Breaker {
+            route: rt.name_str.clone(),
+            backend: slot_rt.name_str.clone(),
+            transition: t,
+        });
     }
 
     /// Whether the route is killed now, and by what (`config` first).

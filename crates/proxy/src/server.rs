@@ -1,143 +1,467 @@
 //! The data-plane listener: HTTP/1.1 and h2c (prior knowledge) on one port, or TLS with
 //! ALPN `h2`/`http/1.1`; limits that refuse malformed requests before any upstream sees
 //! them; HTTP/1.1 upgrades tunnelled; graceful shutdown.
+//!
+//! Clients that hold on to resources are bounded here (docs/proxying.md#hostile-clients,
+//! `limits:` in docs/config.md): at most `max_connections` connections (accepting pauses at
+//! the cap, so the metrics and admin listeners keep their descriptors), a deadline from
+//! accept to the first complete request head whatever the protocol (`header_timeout`),
+//! GOAWAY for HTTP/2 connections idle for `h2_idle_timeout`, and a client that accepts no
+//! bytes for `send_timeout` is disconnected, which releases the upstream slot its response
+//! held.
 
 use crate::body::RespBody;
+use crate::connection::{ClientBody, ConnWatch};
 use crate::h1_inspect::{H1Flags, InspectedIo};
 use crate::handler::{own_response, ConnInfo, ProxyState};
-use http::header::{HeaderValue, CONNECTION};
-use http::StatusCode;
+use http::header::{HeaderValue, CONNECTION, HOST};
+use http::{StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use rampart_core::config::Limits;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 /// Largest request header section accepted; larger ones get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most header fields in one request.
 pub const MAX_HEADER_COUNT: usize = 256;
-/// Longest a TLS handshake may take.
+/// Longest a TLS handshake may take (less when `header_timeout` is shorter).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Descriptors kept back from the default `max_connections`: the metrics and admin
+/// listeners and their clients, the config and certificate watchers, state and log files.
+pub const RESERVED_FDS: u64 = 128;
+/// Open-file limit assumed when the process's own cannot be read.
+const FALLBACK_FD_LIMIT: u64 = 1024;
+/// Shortest pause between send-timeout checks of an HTTP/2 connection.
+const MIN_SEND_CHECK: Duration = Duration::from_millis(50);
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// Binds the data-plane listener on `addr` with an accept queue of `backlog` connections
+/// (`limits.listen_backlog`; the kernel caps it at `net.core.somaxconn`).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The process's open-file limit (soft), from `/proc/self/limits`.
+pub fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::from(u32::MAX)),
+        n => n.parse().ok(),
+    }
+}
+
+/// The default `max_connections`: half of what the open-file limit leaves after
+/// [`RESERVED_FDS`], since every proxied HTTP/1.1 request may hold an upstream connection
+/// beside its client's.
+pub fn default_max_connections() -> u32 {
+    let limit = open_file_limit().unwrap_or(FALLBACK_FD_LIMIT);
+    let usable = limit.saturating_sub(RESERVED_FDS) / 2;
+    u32::try_from(usable.max(16)).unwrap_or(u32::MAX)
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADER_COUNT);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams);
     builder
 }
 
+/// Waits for the open connections when the listener has stopped: keep-alive connections
+/// are told to close, HTTP/2 peers get GOAWAY.
+pub struct Drain {
+    tx: Arc<watch::Sender<()>>,
+}
+
+impl Drain {
+    /// Asks every open connection to finish what it has in flight and close; resolves
+    /// when all have closed.
+    pub async fn shutdown(self) {
+        let _ = self.tx.send(());
+        self.tx.closed().await;
+    }
+
+    /// Connections still open.
+    pub fn count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// Logs one line at most once a second, with the number of lines it held back.
+struct Throttled {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// Calls `log` with the held-back count if a second has passed since the last line.
+    fn log(&mut self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.held_back += 1;
+            return;
+        }
+        self.last = Some(now);
+        log(std::mem::take(&mut self.held_back));
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    state: Arc<ProxyState>,
+    tls: Option<TlsAcceptor>,
+    drain: Arc<watch::Sender<()>>,
+}
+
 /// Serves the data plane on `listener` (through `tls` when given) until `stop` resolves,
-/// then stops accepting and returns the handle that waits for open connections to finish
-/// (keep-alive connections are told to close, HTTP/2 peers get GOAWAY).
+/// then stops accepting and returns the handle that waits for open connections to finish.
+///
+/// `limits.max_connections` is read once, here; the other limits are read from the
+/// snapshot for each new connection, so a reload applies to the connections after it.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
     tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder());
+) -> Drain {
+    let drain = Arc::new(watch::channel(()).0);
+    let max = state
+        .snapshot
+        .load()
+        .config
+        .limits
+        .max_connections
+        .unwrap_or_else(default_max_connections);
+    state.metrics.connections_max.set(i64::from(max));
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let shared = Arc::new(Shared {
+        state,
+        tls,
+        drain: Arc::clone(&drain),
+    });
+    let mut builder: Option<(Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut cap_log = Throttled::new();
+    let mut accept_log = Throttled::new();
+    let mut accept_backoff = Duration::ZERO;
     tokio::pin!(stop);
     loop {
+        // A slot before the accept: at the cap the listener stops accepting, and new
+        // connections wait in the kernel's queue instead of taking descriptors the metrics
+        // and admin listeners need.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                shared.state.metrics.connection_cap_reached.inc();
+                cap_log.log(|held_back| {
+                    tracing::warn!(
+                        max_connections = max,
+                        held_back,
+                        "connection cap reached: not accepting until a connection closes"
+                    )
+                });
+                let acquired = tokio::select! {
+                    _ = &mut stop => break,
+                    permit = Arc::clone(&slots).acquire_owned() => permit,
+                };
+                match acquired {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                accept_backoff = Duration::ZERO;
+                a
+            }
             Err(e) => {
-                // Out of descriptors or a connection reset before accept: keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // Out of descriptors (EMFILE/ENFILE) or memory: wait, longer each time, so
+                // the loop neither spins nor floods the log; a reset before accept: retry.
+                let resource = matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105));
+                accept_backoff = if resource {
+                    (accept_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+                } else {
+                    Duration::ZERO
+                };
+                accept_log.log(|held_back| {
+                    tracing::warn!(error = %e, held_back, retry_in_ms = accept_backoff.as_millis() as u64, "accept failed")
+                });
+                if !accept_backoff.is_zero() {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(accept_backoff) => {}
+                    }
+                }
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        let accepted_at = Instant::now();
+        let limits = shared.state.snapshot.load().config.limits;
+        let builder = match &builder {
+            Some((built_for, b)) if *built_for == limits => Arc::clone(b),
+            _ => {
+                let b = Arc::new(self::builder(&limits));
+                builder = Some((limits, Arc::clone(&b)));
+                b
+            }
+        };
         let conn = ConnInfo {
             peer,
-            tls: tls.is_some(),
+            tls: shared.tls.is_some(),
         };
-        match &tls {
-            None => serve_connection(&builder, &graceful, &state, conn, stream),
-            Some(acceptor) => {
-                // The handshake runs in its own task so a slow client cannot stall accepts;
-                // the connection joins the graceful-shutdown set once it speaks HTTP.
-                let acceptor = acceptor.clone();
-                let builder = Arc::clone(&builder);
-                let state = Arc::clone(&state);
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            let (service, io) = service_for(&state, conn, tls_stream);
-                            let connection =
-                                builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                                record_connection_error(&state, error.as_ref());
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        }
+        tokio::spawn(connection(
+            Arc::clone(&shared),
+            builder,
+            limits,
+            stream,
+            conn,
+            accepted_at,
+            permit,
+        ));
     }
-    graceful
+    Drain { tx: drain }
 }
 
-fn serve_connection<I>(
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-    state: &Arc<ProxyState>,
+/// Counts an open connection for `rampart_connections_open` while it lives.
+struct OpenGuard<'a>(&'a ProxyState);
+
+impl<'a> OpenGuard<'a> {
+    fn new(state: &'a ProxyState) -> Self {
+        state.metrics.connections_open.inc();
+        OpenGuard(state)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.dec();
+    }
+}
+
+/// One client connection from accept to close: TLS handshake (if any), then HTTP under
+/// the connection's deadlines.
+async fn connection(
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    stream: TcpStream,
     conn: ConnInfo,
+    accepted_at: Instant,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let _open = OpenGuard::new(&shared.state);
+    let _ = stream.set_nodelay(true);
+    match &shared.tls {
+        None => serve_http(&shared, &builder, limits, stream, conn, accepted_at).await,
+        // Boxed: the TLS session and handshake state would otherwise size every
+        // connection's task, plaintext ones included.
+        Some(acceptor) => {
+            Box::pin(serve_tls(
+                &shared,
+                acceptor,
+                &builder,
+                limits,
+                stream,
+                conn,
+                accepted_at,
+            ))
+            .await
+        }
+    }
+}
+
+/// The TLS handshake, under both its own timeout and the header deadline, then HTTP.
+async fn serve_tls(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: Limits,
+    stream: TcpStream,
+    conn: ConnInfo,
+    accepted_at: Instant,
+) {
+    let header_deadline = accepted_at + limits.header_timeout;
+    let handshake_deadline = header_deadline.min(accepted_at + TLS_HANDSHAKE_TIMEOUT);
+    match tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            serve_http(shared, builder, limits, tls_stream, conn, accepted_at).await
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            if handshake_deadline == header_deadline {
+                count_timeout(&shared.state, "header_timeout");
+            }
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out")
+        }
+    }
+}
+
+fn count_timeout(state: &ProxyState, timeout: &str) {
+    state
+        .metrics
+        .client_timeouts
+        .with_label_values(&[timeout])
+        .inc();
+}
+
+/// Serves HTTP on `io` until the connection ends, a deadline closes it, or the drain has
+/// asked it to close and it has.
+async fn serve_http<I>(
+    shared: &Shared,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: Limits,
     io: I,
+    conn: ConnInfo,
+    accepted_at: Instant,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (service, io) = service_for(state, conn, io);
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    let watched = graceful.watch(connection);
-    let state = Arc::clone(state);
-    tokio::spawn(async move {
-        if let Err(error) = watched.await {
-            record_connection_error(&state, error.as_ref());
+    let mut drain = shared.drain.subscribe();
+    let watch = Arc::new(ConnWatch::new(accepted_at));
+    let (service, mut io) = service_for(&shared.state, conn, io, &watch);
+    io.set_send_timeout(limits.send_timeout);
+    let flags = Arc::clone(io.flags());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let header_deadline = accepted_at + limits.header_timeout;
+    let timer = tokio::time::sleep_until(header_deadline);
+    tokio::pin!(timer);
+    let mut ticking = true;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    record_connection_error(&shared.state, error.as_ref(), &flags);
+                }
+                return;
+            }
+            changed = drain.changed(), if !draining => {
+                // Shutdown (or the listener is gone): finish in-flight requests and close.
+                let _ = changed;
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+                continue;
+            }
+            _ = watch.first_request(), if watch.requests() == 0 => {}
+            _ = watch.became_idle(), if !draining && watch.is_h2() => {}
+            _ = &mut timer, if ticking => {}
         }
-    });
+
+        // Work out what the connection waits for now, and when to look again.
+        let now = Instant::now();
+        if watch.requests() == 0 {
+            if now >= header_deadline {
+                count_timeout(&shared.state, "header_timeout");
+                tracing::debug!(peer = %conn.peer, timeout = ?limits.header_timeout, "no complete request head in time: connection closed");
+                return;
+            }
+            timer.as_mut().reset(header_deadline);
+            ticking = true;
+            continue;
+        }
+        if !watch.is_h2() {
+            // HTTP/1.1: hyper's header timeout bounds each later head (and the wait for
+            // it), the write watchdog in the I/O bounds a client that stops reading.
+            ticking = false;
+            continue;
+        }
+        if watch.open() == 0 {
+            let idle_deadline = watch.idle_since() + limits.h2_idle_timeout;
+            if draining {
+                ticking = false;
+            } else if now >= idle_deadline {
+                count_timeout(&shared.state, "h2_idle_timeout");
+                tracing::debug!(peer = %conn.peer, timeout = ?limits.h2_idle_timeout, "idle HTTP/2 connection: GOAWAY");
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+                ticking = false;
+            } else {
+                // Streams opening before then wake nothing; the check at this deadline
+                // sees them and switches to send-timeout checks.
+                timer.as_mut().reset(idle_deadline);
+                ticking = true;
+            }
+            continue;
+        }
+        if let Some(since) = watch.oldest_waiting() {
+            if now.duration_since(since) >= limits.send_timeout {
+                count_timeout(&shared.state, "send_timeout");
+                tracing::debug!(peer = %conn.peer, timeout = ?limits.send_timeout, "HTTP/2 client accepted no data: connection closed");
+                return;
+            }
+        }
+        timer
+            .as_mut()
+            .reset(now + (limits.send_timeout / 4).max(MIN_SEND_CHECK));
+        ticking = true;
+    }
 }
 
-/// The per-connection service: refuses requests the framing inspector flagged, then hands
-/// each request to the proxy. The closure's future is not boxed: no allocation per request.
+/// The per-connection service: refuses requests the framing inspector flagged and
+/// requests with a bad `Host`, then hands each request to the proxy. The closure's future
+/// is not boxed: no allocation per request.
 fn service_for<I>(
     state: &Arc<ProxyState>,
     conn: ConnInfo,
     io: I,
+    watch: &Arc<ConnWatch>,
 ) -> (
     impl hyper::service::Service<
             http::Request<hyper::body::Incoming>,
-            Response = http::Response<RespBody>,
+            Response = http::Response<ClientBody>,
             Error = Infallible,
             Future: Send + 'static,
         > + Clone
@@ -150,40 +474,86 @@ fn service_for<I>(
     let flags: Arc<H1Flags> = Arc::clone(io.flags());
     let requests = Arc::new(AtomicU64::new(0));
     let state = Arc::clone(state);
-    let service = service_fn(move |request| {
+    let watch = Arc::clone(watch);
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let state = Arc::clone(&state);
         let index = requests.fetch_add(1, Ordering::Relaxed);
-        let smuggling = flags.is_smuggling(index);
+        let in_flight = watch.request(request.version() == Version::HTTP_2);
+        let refused = if flags.is_smuggling(index) {
+            Some("content_length_and_transfer_encoding")
+        } else {
+            check_host(&mut request).err()
+        };
+        let version = request.version();
         async move {
-            if smuggling {
-                return Ok::<_, Infallible>(refuse_smuggling(&state));
-            }
-            Ok(state.handle(conn, request).await)
+            let response = match refused {
+                Some(reason) => refuse(&state, reason, version),
+                None => state.handle(conn, request).await,
+            };
+            let (head, body) = response.into_parts();
+            Ok::<_, Infallible>(http::Response::from_parts(
+                head,
+                ClientBody::new(body, in_flight),
+            ))
         }
     });
     (service, io)
 }
 
-/// 400 and close for a request with both `Content-Length` and `Transfer-Encoding`.
-fn refuse_smuggling(state: &ProxyState) -> http::Response<RespBody> {
-    state
-        .metrics
-        .malformed
-        .with_label_values(&["content_length_and_transfer_encoding"])
-        .inc();
-    tracing::info!(
-        reason = "content_length_and_transfer_encoding",
-        "malformed request refused"
-    );
+/// RFC 9112 section 3.2: a request with more than one `Host`, or an HTTP/1.1 request
+/// without one, is refused; an absolute-form target's authority (or HTTP/2's `:authority`)
+/// replaces `Host`. Returns the refusal reason.
+fn check_host(request: &mut http::Request<hyper::body::Incoming>) -> Result<(), &'static str> {
+    let (present, duplicate) = {
+        let mut hosts = request.headers().get_all(HOST).iter();
+        (hosts.next().cloned(), hosts.next().is_some())
+    };
+    if duplicate {
+        return Err("duplicate_host");
+    }
+    match (request.uri().authority(), present) {
+        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(HOST, value);
+            }
+            Ok(())
+        }
+        (Some(_), _) => Ok(()),
+        (None, None) if request.version() == Version::HTTP_11 => Err("missing_host"),
+        (None, _) => Ok(()),
+    }
+}
+
+/// 400 for a malformed request (counted by `reason`); HTTP/1.x connections are closed.
+fn refuse(state: &ProxyState, reason: &'static str, version: Version) -> http::Response<RespBody> {
+    state.metrics.malformed.with_label_values(&[reason]).inc();
+    tracing::info!(reason, "malformed request refused");
     let mut response = own_response(StatusCode::BAD_REQUEST, "bad_request", false);
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if version != Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
-/// Counts requests hyper refused while parsing (it answers 400 or 431 itself).
-fn record_connection_error(state: &ProxyState, error: &(dyn std::error::Error + 'static)) {
+/// Counts requests hyper refused while parsing (it answers 400 or 431 itself) and
+/// connections a write watchdog ended; a client that closed in the middle of the HTTP/2
+/// preface is neither.
+fn record_connection_error(
+    state: &ProxyState,
+    error: &(dyn std::error::Error + 'static),
+    flags: &H1Flags,
+) {
+    if flags.send_timed_out() {
+        count_timeout(state, "send_timeout");
+        tracing::debug!(error = %error, "client accepted no bytes for send_timeout: connection closed");
+        return;
+    }
+    if flags.closed_in_preface() {
+        tracing::debug!(error = %error, "client closed during the HTTP/2 preface");
+        return;
+    }
     let Some(hyper_error) = error.downcast_ref::<hyper::Error>() else {
         tracing::debug!(error = %error, "connection ended with an error");
         return;

@@ -54,11 +54,9 @@ impl ProxyState {
         );
         self.publish_rollout(snapshot, index);
         self.publish_split(snapshot, index);
-        if let Some(sink) = self.events.get() {
-            sink(&ProxyEvent::Rollout {
-                route: rt.name_str.clone(),
-                event,
-            });
-        }
+        self.emit(&ProxyEvent::Rollout {
+            route: rt.name_str.clone(),
+            event,
+        });
     }
 }

@@ -260,7 +260,7 @@ impl RuntimeAdmin {
                     }
                 })
                 .ok()
-                .map(|_| Mutex::new(tx))
+                .map(|_| tx)
         });
         let breakers = Arc::clone(&self.breakers);
         Arc::new(move |event: &ProxyEvent| {
@@ -268,9 +268,7 @@ impl RuntimeAdmin {
             if let Some(tx) = &audit_tx {
                 let entry = breaker_entry(event);
                 rampart_admin::audit::log_entry(&entry);
-                if let Ok(tx) = tx.lock() {
-                    let _ = tx.send(entry);
-                }
+                let _ = tx.send(entry);
             }
         })
     }

@@ -16,6 +16,7 @@
 pub mod admin_control;
 pub mod events;
 pub mod fleet;
+pub mod ofrep;
 pub mod rollout_store;
 pub mod runtime;
 mod start;

@@ -137,6 +137,38 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     })
 }
 
+/// Why a valid config could still not be served: what [`prepare`] found.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// A metric could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The snapshot could not be built (an upstream's URL, TLS roots or `ca_file`).
+    #[error("building the snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// Builds, and throws away, everything `run` builds from a config before it serves: the
+/// snapshot (upstream clients: authorities, TLS roots and `ca_file`s) and the listener's
+/// TLS certificate. `check` runs it so that it refuses what `run` would refuse at start,
+/// and `run` so that a file it cannot apply sends it to the last good config.
+pub fn prepare(loaded: &Loaded) -> Result<(), PrepareError> {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    Snapshot::build(
+        Arc::new(loaded.config.clone()),
+        loaded.source.clone(),
+        &metrics,
+        None,
+        &std::collections::HashMap::new(),
+    )?;
+    tls_setup(&loaded.config)?;
+    Ok(())
+}
+
 /// The running data plane's shared pieces.
 pub struct Runtime {
     /// The proxy's state (snapshot and metrics).
@@ -435,6 +467,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin_listen != new.admin_listen {
         changed.push("admin_listen");
     }
+    if old.ofrep_listen != new.ofrep_listen {
+        changed.push("ofrep_listen");
+    }
     if old.threads != new.threads {
         changed.push("threads");
     }
@@ -443,6 +478,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.tls != new.tls {
         changed.push("tls");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        changed.push("limits.max_connections");
+    }
+    if old.limits.listen_backlog != new.limits.listen_backlog {
+        changed.push("limits.listen_backlog");
     }
     changed
 }
@@ -469,6 +510,8 @@ pub struct Bound {
     pub tls: Option<TlsAcceptor>,
     /// The data plane's certificate, re-read when its files change.
     pub cert: Option<Arc<ReloadingCert>>,
+    /// The OFREP flag evaluation listener, when `ofrep_listen` is set (docs/ofrep.md).
+    pub ofrep: Option<TcpListener>,
 }
 
 /// Why the listener's TLS could not be set up at start.
@@ -509,13 +552,13 @@ pub async fn bind(
     config: &Config,
     tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
 ) -> Result<Bound, BindError> {
-    let proxy = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| BindError {
+    let proxy = rampart_proxy::server::bind(config.listen, config.limits.listen_backlog).map_err(
+        |source| BindError {
             what: "listen",
             addr: config.listen,
             source,
-        })?;
+        },
+    )?;
     let metrics = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| BindError {
@@ -523,11 +566,13 @@ pub async fn bind(
             addr: config.metrics_listen,
             source,
         })?;
+    let ofrep = crate::ofrep::bind(config).await?;
     Ok(Bound {
         proxy,
         metrics,
         tls: tls.0,
         cert: tls.1,
+        ofrep,
     })
 }
 
@@ -547,6 +592,9 @@ pub enum ServeError {
     /// The data-plane listener's task panicked or was cancelled.
     #[error("the proxy listener task failed: {0}")]
     ProxyTask(#[from] tokio::task::JoinError),
+    /// The OFREP listener's metrics could not be registered (docs/ofrep.md).
+    #[error("starting the OFREP listener: {0}")]
+    Ofrep(#[from] prometheus::Error),
 }
 
 /// Serves until a [`Command::Stop`], then drains (docs/deploy.md#drain); reloads on
@@ -589,6 +637,10 @@ pub(crate) async fn serve(
         crate::watch::spawn("tls certificate", &[&c, &k], move || reload_cert(&cert))
     });
     rampart_proxy::health::start_checkers(&runtime.state);
+    let ofrep = match bound.ofrep {
+        Some(listener) => Some(crate::ofrep::spawn(&runtime, listener, bound.tls.clone())?),
+        None => None,
+    };
     let fleet = tokio::spawn(crate::fleet::run(
         Arc::clone(&runtime.state),
         runtime.state_dir.clone(),
@@ -675,6 +727,9 @@ pub(crate) async fn serve(
         }
     }
     fleet.abort();
+    if let Some(ofrep) = ofrep {
+        ofrep.stop().await;
+    }
     if let Some(admin) = admin {
         admin.stop().await;
     }

@@ -6,7 +6,6 @@ use crate::admin_control::{self, RuntimeAdmin};
 use crate::events::ConfigSubscriber;
 use crate::runtime::TlsSetupError;
 use crate::runtime::{self, BindError, Command, Loaded, NewRuntimeError, Runtime, ServeError};
-use rampart_proxy::handler::ProxyEvent;
 use rampart_proxy::publish::EventSink;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,16 +142,10 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
     let mut subscribers: Vec<Arc<dyn ConfigSubscriber>> = vec![Arc::clone(&admin) as _];
     subscribers.extend(options.config_subscribers);
     let runtime = Arc::new(Runtime::new(loaded, subscribers)?);
-    let mut sinks = vec![admin.proxy_event_sink()];
-    sinks.extend(options.proxy_events);
-    let _ = runtime
-        .state
-        .events
-        .set(Arc::new(move |event: &ProxyEvent| {
-            for sink in &sinks {
-                sink(event);
-            }
-        }));
+    runtime.state.subscribe(admin.proxy_event_sink());
+    for sink in options.proxy_events {
+        runtime.state.subscribe(sink);
+    }
     if let (Some(error), Some(path)) = (options.started_on_last_good, &options.config_path) {
         runtime.started_on_last_good(path, error);
     }

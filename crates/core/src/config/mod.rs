@@ -1,9 +1,12 @@
 //! The config: file format ([`raw`]), validation ([`validate`]) and model ([`Config`]).
 //!
-//! `text -> raw::RawConfig (serde, unknown fields refused) -> validate -> Config`. Nothing
-//! routes by a config that did not pass every check; a rejected file changes nothing.
+//! `text -> lenient::Tree (YAML nodes with positions) -> raw::RawConfig (serde, unknown
+//! fields refused, every type error collected) -> validate -> Config`. Nothing routes by a
+//! config that did not pass every check; a rejected file changes nothing, and every error
+//! in it is reported at once.
 
 pub mod error;
+pub mod lenient;
 mod model;
 pub mod raw;
 mod validate;

@@ -59,6 +59,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Admin bearer tokens file.
     pub admin_tokens_file: Option<PathBuf>,
+    /// OpenFeature (OFREP) flag evaluation listener for the application; `None` disables it
+    /// (docs/ofrep.md).
+    pub ofrep_listen: Option<SocketAddr>,
     /// Where runtime state, the last good config and the audit log live.
     pub state_dir: Option<PathBuf>,
     /// Data-plane worker threads; `None` = the CPUs the process may use.
@@ -69,6 +72,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Graceful shutdown timings.
     pub drain: Drain,
+    /// What clients of the data plane may hold: connections, deadlines, streams.
+    pub limits: Limits,
     /// Where requests that match no route go.
     pub default_upstream: UpstreamId,
     /// Upstreams, in file order.
@@ -122,6 +127,53 @@ pub struct Drain {
     pub delay: Duration,
     /// How long in-flight requests may take to finish after listeners close.
     pub timeout: Duration,
+}
+
+/// `limits:`, the data plane's defences against clients that hold on to resources
+/// (docs/config.md#limits, docs/proxying.md#hostile-clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most data-plane connections open at once; `None` = derived from the process's
+    /// open-file limit at start. At the cap the listener stops accepting until one closes.
+    pub max_connections: Option<u32>,
+    /// The data-plane listener's accept queue length (`listen(2)` backlog).
+    pub listen_backlog: u32,
+    /// From accept to a connection's first complete request head, whatever its protocol;
+    /// also from the end of an HTTP/1.1 response to the next complete head.
+    pub header_timeout: Duration,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY.
+    pub h2_idle_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected, and the
+    /// upstream slot its response held is released.
+    pub send_timeout: Duration,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Limits {
+    /// Default `listen_backlog`.
+    pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+    /// Default `header_timeout`.
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default `h2_idle_timeout`.
+    pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+    /// Default `send_timeout`.
+    pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default `h2_max_concurrent_streams`.
+    pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: None,
+            listen_backlog: Limits::DEFAULT_LISTEN_BACKLOG,
+            header_timeout: Limits::DEFAULT_HEADER_TIMEOUT,
+            h2_idle_timeout: Limits::DEFAULT_H2_IDLE_TIMEOUT,
+            send_timeout: Limits::DEFAULT_SEND_TIMEOUT,
+            h2_max_concurrent_streams: Limits::DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        }
+    }
 }
 
 /// Upstream wire protocol.

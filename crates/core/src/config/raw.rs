@@ -4,11 +4,21 @@
 //! never used to route: [`super::validate`] turns them into [`super::Config`]. Fields that
 //! need a semantic check keep their source position ([`Spanned`]) so the check can point at
 //! the line and column.
+//!
+//! Adding a field: declare it here as usual (`pub max_connections: Option<Spanned<u32>>`,
+//! `Option<DurationValue>`, a `#[serde(rename_all = "lowercase")]` enum, a nested
+//! `#[serde(deny_unknown_fields)]` struct), then check and convert it in `validate.rs`,
+//! reporting with the field's path. Nothing else: [`super::lenient`] reads these structs
+//! through serde, so the new field's unknown-field, wrong-type and missing-field errors are
+//! reported with the others, and a semantic error about a value already reported as
+//! malformed is left out. A new value type that parses its own text (as [`DurationValue`]
+//! and [`Percent`] do) should accept [`super::lenient`]'s placeholder in `visit_bytes`, so
+//! a bad value of it does not hide its neighbours' errors.
 
+pub use super::lenient::{Location, Spanned};
 use super::values::{DurationValue, Percent};
 use indexmap::IndexMap;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -20,11 +30,16 @@ pub struct RawConfig {
     pub metrics_listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub admin_tokens_file: Option<Spanned<String>>,
+    pub ofrep_listen: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub threads: Option<Spanned<usize>>,
     pub access_log: Option<RawAccessLog>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub drain: Option<RawDrain>,
+    pub limits: Option<Spanned<RawLimits>>,
+    /// The same as `limits.max_connections`, at the top level where the name alone is
+    /// looked for; setting both is an error.
+    pub max_connections: Option<Spanned<u32>>,
     pub default_upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub upstreams: IndexMap<String, Spanned<RawUpstream>>,
@@ -53,6 +68,18 @@ pub struct RawAccessLog {
 pub struct RawDrain {
     pub delay: Option<DurationValue>,
     pub timeout: Option<DurationValue>,
+}
+
+/// `limits:`: what clients of the data plane may hold (docs/config.md#limits).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<u32>>,
+    pub listen_backlog: Option<Spanned<u32>>,
+    pub header_timeout: Option<Spanned<DurationValue>>,
+    pub h2_idle_timeout: Option<Spanned<DurationValue>>,
+    pub send_timeout: Option<Spanned<DurationValue>>,
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
 }
 
 /// One entry of `upstreams:`.

@@ -2,16 +2,33 @@
 //! all errors with their field paths and positions instead of stopping at the first.
 
 use super::error::{ConfigError, ConfigErrors};
+use super::lenient::{Location, Spanned};
 use super::model::*;
 use super::raw::*;
 use super::values::{DurationValue, Percent};
 use crate::bucket::key_prefix;
 use ipnet::IpNet;
-use serde_saphyr::{Location, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// A route's backends as they are named: slot 0 is stable, then each new upstream gets the
+/// next slot.
+struct Backends(Vec<UpstreamId>);
+
+impl Backends {
+    /// The slot of `id`, added if it is new.
+    fn slot(&mut self, id: UpstreamId) -> BackendSlot {
+        match self.0.iter().position(|b| *b == id) {
+            Some(i) => BackendSlot(u8::try_from(i).unwrap_or(u8::MAX)),
+            None => {
+                self.0.push(id);
+                BackendSlot(u8::try_from(self.0.len() - 1).unwrap_or(u8::MAX))
+            }
+        }
+    }
+}
 
 /// Idle keep-alive connections kept per upstream unless `pool.max_idle` says otherwise.
 const DEFAULT_POOL_MAX_IDLE: usize = 128;
@@ -19,85 +36,22 @@ const DEFAULT_POOL_MAX_IDLE: usize = 128;
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Parses and validates a config file's text.
+///
+/// Every error is returned, type errors and semantic ones together (see
+/// [`super::lenient`]); a semantic error about a value that was already reported as
+/// malformed is left out.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut read = super::lenient::deserialize::<RawConfig>(text);
     let mut v = Validator::default();
-    let config = v.config(raw);
-    if v.errors.is_empty() {
+    let config = read.value.take().and_then(|raw| v.config(raw));
+    let mut errors = std::mem::take(&mut read.errors);
+    errors.extend(v.errors.into_iter().filter(|e| !read.is_quiet(&e.path)));
+    if errors.is_empty() {
         config.ok_or_else(|| ConfigErrors(Vec::new()))
     } else {
-        let mut errors = v.errors;
         errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
+        errors.dedup();
         Err(ConfigErrors(errors))
-    }
-}
-
-fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = field_path(e.path());
-            e.into_inner()
-        })
-    });
-    result.map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = strip_position(&e.without_snippet().to_string());
-        ConfigError {
-            line,
-            column,
-            path: if path == "." { String::new() } else { path },
-            message,
-        }
-    })
-}
-
-/// The user's field path of a serde path: `routes[0].split[0].backend`.
-///
-/// [`Spanned`] nodes deserialize through an inner `value` field, which the user never
-/// wrote; such a segment is dropped unless it follows a dropped one (a real field named
-/// `value` inside a spanned node).
-fn field_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    let mut dropped_value = false;
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => {
-                out.push_str(&format!("[{index}]"));
-                dropped_value = false;
-            }
-            Segment::Map { key } if key == "value" && !dropped_value => dropped_value = true,
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-                dropped_value = false;
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-/// Drops saphyr's own position text (`line N column M:` before, `at line N, column M`
-/// after): the position is rendered separately.
-fn strip_position(message: &str) -> String {
-    let mut first = message.lines().next().unwrap_or(message).trim();
-    if let Some(rest) = first.strip_prefix("line ") {
-        if let Some((_, after)) = rest.split_once(": ") {
-            if rest.contains("column") {
-                first = after;
-            }
-        }
-    }
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
     }
 }
 
@@ -220,6 +174,25 @@ fn parse_upstream_url(url: &str) -> Result<ParsedUrl, String> {
             "invalid url {url:?}: host and a non-zero port are required"
         ));
     }
+    if !host.is_ascii() {
+        // HTTP carries host names as ASCII: an internationalised name must be written in
+        // its IDNA form (xn--...), as DNS and the Host header know it.
+        return Err(format!(
+            "invalid url {url:?}: host {host:?} is not ASCII; write an internationalised name in its IDNA (xn--) form"
+        ));
+    }
+    let bracketed = authority.starts_with('[');
+    let allowed = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (bracketed && matches!(b, b':' | b'%'))
+    };
+    if let Some(bad) = host.bytes().find(|&b| !allowed(b)) {
+        return Err(format!(
+            "invalid url {url:?}: {:?} is not allowed in a host name",
+            char::from(bad)
+        ));
+    }
     Ok(ParsedUrl {
         scheme,
         host: host.to_ascii_lowercase(),
@@ -294,11 +267,24 @@ impl Validator {
                 );
             }
         }
+        let ofrep_listen = self.addr(&raw.ofrep_listen, "ofrep_listen", None);
+        if let (Some(ofrep), Some(raw_ofrep)) = (ofrep_listen, raw.ofrep_listen.as_ref()) {
+            if !ofrep.ip().is_loopback() && tls.is_none() {
+                self.err(
+                    raw_ofrep.referenced,
+                    "ofrep_listen",
+                    format!(
+                        "{ofrep} is not a loopback address: flag evaluation off loopback needs `tls`"
+                    ),
+                );
+            }
+        }
         let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
         for (name, addr, raw_addr) in [
             ("listen", listen, &raw.listen),
             ("metrics_listen", metrics_listen, &raw.metrics_listen),
             ("admin_listen", admin_listen, &raw.admin_listen),
+            ("ofrep_listen", ofrep_listen, &raw.ofrep_listen),
         ] {
             let Some(addr) = addr else { continue };
             if let Some((other, _)) = bound.iter().find(|(_, a)| {
@@ -366,6 +352,35 @@ impl Validator {
                 Duration::from_secs(20),
             ),
         };
+        let mut limits = raw
+            .limits
+            .as_ref()
+            .map(|l| self.limits(&l.value))
+            .unwrap_or_default();
+        if let Some(top) = &raw.max_connections {
+            let in_limits = raw
+                .limits
+                .as_ref()
+                .is_some_and(|l| l.value.max_connections.is_some());
+            if in_limits {
+                self.err(
+                    top.referenced,
+                    "max_connections",
+                    "also set as limits.max_connections: keep one",
+                );
+            } else if (1..=1_000_000).contains(&top.value) {
+                limits.max_connections = Some(top.value);
+            } else {
+                self.err(
+                    top.referenced,
+                    "max_connections",
+                    format!(
+                        "invalid max_connections {}: must be 1 to 1000000",
+                        top.value
+                    ),
+                );
+            }
+        }
 
         let upstreams = self.upstreams(&raw);
         let ids: HashMap<&str, UpstreamId> = upstreams
@@ -431,15 +446,97 @@ impl Validator {
                 .admin_tokens_file
                 .as_ref()
                 .map(|s| PathBuf::from(&s.value)),
+            ofrep_listen,
             state_dir: raw.state_dir.as_ref().map(|s| PathBuf::from(&s.value)),
             threads,
             access_log_sample,
             trusted_proxies,
             drain,
+            limits,
             default_upstream: default_upstream?,
             upstreams,
             routes,
         })
+    }
+
+    /// `limits:`; out-of-range values are errors and fall back to the default.
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let defaults = Limits::default();
+        let mut count = |value: &Option<Spanned<u32>>, name: &str, min: u32, max: u32| {
+            let v = value.as_ref()?;
+            if (min..=max).contains(&v.value) {
+                Some(v.value)
+            } else {
+                self.err(
+                    v.referenced,
+                    format!("limits.{name}"),
+                    format!("invalid {name} {}: must be {min} to {max}", v.value),
+                );
+                None
+            }
+        };
+        let max_connections = count(&raw.max_connections, "max_connections", 1, 1_000_000);
+        let listen_backlog = count(&raw.listen_backlog, "listen_backlog", 1, 65_535)
+            .unwrap_or(defaults.listen_backlog);
+        let h2_max_concurrent_streams = count(
+            &raw.h2_max_concurrent_streams,
+            "h2_max_concurrent_streams",
+            1,
+            10_000,
+        )
+        .unwrap_or(defaults.h2_max_concurrent_streams);
+        let mut span = |value: &Option<Spanned<DurationValue>>,
+                        name: &str,
+                        min: Duration,
+                        max: Duration,
+                        default: Duration| {
+            let Some(v) = value.as_ref() else {
+                return default;
+            };
+            if (min..=max).contains(&v.value.0) {
+                v.value.0
+            } else {
+                self.err(
+                    v.referenced,
+                    format!("limits.{name}"),
+                    format!(
+                        "invalid {name} {:?}: must be {} to {}",
+                        v.value.0,
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                default
+            }
+        };
+        let ms = Duration::from_millis;
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        Limits {
+            max_connections,
+            listen_backlog,
+            header_timeout: span(
+                &raw.header_timeout,
+                "header_timeout",
+                ms(100),
+                hours(1),
+                defaults.header_timeout,
+            ),
+            h2_idle_timeout: span(
+                &raw.h2_idle_timeout,
+                "h2_idle_timeout",
+                ms(100),
+                hours(24),
+                defaults.h2_idle_timeout,
+            ),
+            send_timeout: span(
+                &raw.send_timeout,
+                "send_timeout",
+                ms(100),
+                hours(1),
+                defaults.send_timeout,
+            ),
+            h2_max_concurrent_streams,
+        }
     }
 
     fn upstreams(&mut self, raw: &RawConfig) -> Vec<Upstream> {
@@ -457,11 +554,18 @@ impl Validator {
             if !is_upstream_name(name) {
                 self.err(spanned.referenced, &path, format!("invalid upstream name {name:?}: use letters, digits, '-', '_' or '.', not starting with '_'"));
             }
-            let parsed = match parse_upstream_url(u.url.value.trim()) {
-                Ok(p) => p,
+            // A bad url is reported once; the upstream still exists by name, so the routes
+            // that name it are not reported as naming an unknown upstream.
+            let (parsed, url_ok) = match parse_upstream_url(u.url.value.trim()) {
+                Ok(p) => (p, true),
                 Err(msg) => {
                     self.err(u.url.referenced, format!("{path}.url"), msg);
-                    continue;
+                    let unknown = ParsedUrl {
+                        scheme: Scheme::Http,
+                        host: String::new(),
+                        port: 0,
+                    };
+                    (unknown, false)
                 }
             };
             let protocol = match u.protocol.as_ref().map(|p| p.value) {
@@ -469,7 +573,7 @@ impl Validator {
                 Some(RawProtocol::H2) => Protocol::H2,
                 Some(RawProtocol::H2c) => Protocol::H2c,
             };
-            if let Some(p) = &u.protocol {
+            if let Some(p) = u.protocol.as_ref().filter(|_| url_ok) {
                 if protocol == Protocol::H2 && parsed.scheme == Scheme::Http {
                     self.err(
                         p.referenced,
@@ -485,7 +589,7 @@ impl Validator {
                     );
                 }
             }
-            if u.ca_file.is_some() && parsed.scheme == Scheme::Http {
+            if u.ca_file.is_some() && url_ok && parsed.scheme == Scheme::Http {
                 self.err(
                     u.url.referenced,
                     format!("{path}.ca_file"),
@@ -593,6 +697,7 @@ impl Validator {
         out
     }
 
+    /// Validates one route: each block by its own function, in file order of concern.
     fn route(
         &mut self,
         path: &str,
@@ -651,7 +756,72 @@ impl Validator {
             k.value.clone()
         });
         let matcher = self.matcher(path, raw.match_.as_ref());
-        let identity = match &raw.identity {
+        let identity = self.identity_sources(path, raw, at);
+        let missing_identity = match raw.missing_identity {
+            None | Some(RawMissingIdentity::Stable) => MissingIdentity::Stable,
+            Some(RawMissingIdentity::Random) => MissingIdentity::Random,
+        };
+        let fallback = match raw.fallback {
+            None | Some(RawFallback::ConnectFailure) => Fallback::ConnectFailure,
+            Some(RawFallback::Never) => Fallback::Never,
+            Some(RawFallback::Idempotent) => Fallback::Idempotent,
+        };
+        // Backends: slot 0 is stable, then split backends, then override-only backends.
+        let stable = match &raw.stable {
+            Some(s) => match ids.get(s.value.as_str()) {
+                Some(id) => Some(*id),
+                None => {
+                    self.err(
+                        s.referenced,
+                        format!("{path}.stable"),
+                        format!("unknown upstream {:?}", s.value),
+                    );
+                    None
+                }
+            },
+            None => default_upstream,
+        };
+        let mut backends = Backends(vec![stable.unwrap_or(UpstreamId(0))]);
+        let rollout = raw.rollout.as_ref().map(|r| self.rollout(path, r));
+        let split = self.split(path, raw, at, ids, kind, rollout.as_ref(), &mut backends);
+        let overrides = self.overrides(path, raw, ids, &mut backends);
+        if backends.0.len() > usize::from(u8::MAX) {
+            self.err(at, path, "too many backends on one route (255 at most)");
+        }
+        self.shape_rules(path, raw, at, kind, &split, &overrides);
+        let breaker = raw.breaker.as_ref().map(|b| self.breaker(path, b));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Route {
+            key_prefix: key_prefix(&salt),
+            name,
+            salt,
+            kind,
+            owner: raw.owner.clone(),
+            expires,
+            expires_text: raw.expires.as_ref().map(|e| e.value.trim().to_string()),
+            killed,
+            matcher,
+            identity,
+            missing_identity,
+            backends: backends.0,
+            split,
+            overrides,
+            breaker,
+            fallback,
+            rollout: rollout.filter(|r| !r.steps.is_empty()),
+        })
+    }
+
+    /// `identity:`: the sources in order (default `client_ip`).
+    fn identity_sources(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+    ) -> Vec<IdentitySource> {
+        match &raw.identity {
             None => vec![IdentitySource::ClientIp],
             Some(list) => {
                 let mut sources = Vec::new();
@@ -680,43 +850,22 @@ impl Validator {
                 }
                 sources
             }
-        };
-        let missing_identity = match raw.missing_identity {
-            None | Some(RawMissingIdentity::Stable) => MissingIdentity::Stable,
-            Some(RawMissingIdentity::Random) => MissingIdentity::Random,
-        };
-        let fallback = match raw.fallback {
-            None | Some(RawFallback::ConnectFailure) => Fallback::ConnectFailure,
-            Some(RawFallback::Never) => Fallback::Never,
-            Some(RawFallback::Idempotent) => Fallback::Idempotent,
-        };
+        }
+    }
 
-        // Backends: slot 0 is stable, then split backends, then override-only backends.
-        let stable = match &raw.stable {
-            Some(s) => match ids.get(s.value.as_str()) {
-                Some(id) => Some(*id),
-                None => {
-                    self.err(
-                        s.referenced,
-                        format!("{path}.stable"),
-                        format!("unknown upstream {:?}", s.value),
-                    );
-                    None
-                }
-            },
-            None => default_upstream,
-        };
-        let mut backends: Vec<UpstreamId> = vec![stable.unwrap_or(UpstreamId(0))];
-        let slot = |backends: &mut Vec<UpstreamId>, id: UpstreamId| -> BackendSlot {
-            match backends.iter().position(|b| *b == id) {
-                Some(i) => BackendSlot(u8::try_from(i).unwrap_or(u8::MAX)),
-                None => {
-                    backends.push(id);
-                    BackendSlot(u8::try_from(backends.len() - 1).unwrap_or(u8::MAX))
-                }
-            }
-        };
-        let rollout = raw.rollout.as_ref().map(|r| self.rollout(path, r));
+    /// `split:`: each entry's backend and percent (a rollout drives the first entry's),
+    /// the sum at most 100 %, a toggle's 0 or 100 %.
+    #[allow(clippy::too_many_arguments)]
+    fn split(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+        ids: &HashMap<&str, UpstreamId>,
+        kind: RouteKind,
+        rollout: Option<&RolloutConfig>,
+        backends: &mut Backends,
+    ) -> Vec<SplitEntry> {
         let mut split = Vec::new();
         let mut seen_split = HashSet::new();
         let mut sum: u32 = 0;
@@ -752,7 +901,6 @@ impl Validator {
                 }
                 (Some(p), false) => p.value,
                 (None, true) => rollout
-                    .as_ref()
                     .and_then(|r| r.steps.last().copied())
                     .unwrap_or(Percent::ZERO),
                 (None, false) => {
@@ -779,7 +927,7 @@ impl Validator {
                 );
             }
             split.push(SplitEntry {
-                backend: slot(&mut backends, id),
+                backend: backends.slot(id),
                 percent,
             });
         }
@@ -805,6 +953,17 @@ impl Validator {
             );
         }
 
+        split
+    }
+
+    /// `overrides:`: the force header, identity allowlists, header overrides.
+    fn overrides(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        ids: &HashMap<&str, UpstreamId>,
+        backends: &mut Backends,
+    ) -> Overrides {
         let mut overrides = Overrides::default();
         if let Some(o) = &raw.overrides {
             if let Some(f) = &o.force_header {
@@ -829,7 +988,7 @@ impl Validator {
                     );
                     continue;
                 };
-                let s = slot(&mut backends, id);
+                let s = backends.slot(id);
                 for identity in &list.value {
                     if let Some(other) = pinned.insert(identity.as_str(), backend.as_str()) {
                         if other != backend {
@@ -864,13 +1023,24 @@ impl Validator {
                 overrides.headers.push(HeaderOverride {
                     name: name.to_ascii_lowercase(),
                     value: h.value.value.clone(),
-                    backend: slot(&mut backends, id),
+                    backend: backends.slot(id),
                 });
             }
         }
-        if backends.len() > usize::from(u8::MAX) {
-            self.err(at, path, "too many backends on one route (255 at most)");
-        }
+        overrides
+    }
+
+    /// The shape rules of `kind`: a gate routes by overrides only, an experiment has
+    /// variants, a rollout drives a canary's first split entry.
+    fn shape_rules(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        at: Location,
+        kind: RouteKind,
+        split: &[SplitEntry],
+        overrides: &Overrides,
+    ) {
         match kind {
             RouteKind::Gate => {
                 if !split.is_empty() {
@@ -921,29 +1091,6 @@ impl Validator {
                 );
             }
         }
-        let breaker = raw.breaker.as_ref().map(|b| self.breaker(path, b));
-        if self.errors.len() > errors_before {
-            return None;
-        }
-        Some(Route {
-            key_prefix: key_prefix(&salt),
-            name,
-            salt,
-            kind,
-            owner: raw.owner.clone(),
-            expires,
-            expires_text: raw.expires.as_ref().map(|e| e.value.trim().to_string()),
-            killed,
-            matcher,
-            identity,
-            missing_identity,
-            backends,
-            split,
-            overrides,
-            breaker,
-            fallback,
-            rollout: rollout.filter(|r| !r.steps.is_empty()),
-        })
     }
 
     fn matcher(&mut self, path: &str, raw: Option<&RawMatch>) -> RouteMatch {
@@ -1229,5 +1376,173 @@ impl Validator {
             },
             prometheus,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A config with one route whose body is `route` (indented under `- name: r`).
+    fn with_route(route: &str) -> String {
+        let body: String = route.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "version: 1\ndefault_upstream: stable\nupstreams:\n  stable: {{url: \"http://127.0.0.1:1\"}}\n  canary: {{url: \"http://127.0.0.1:2\"}}\n  blue: {{url: \"http://127.0.0.1:3\"}}\nroutes:\n  - name: r\n{body}"
+        )
+    }
+
+    /// The (path, message) of every error of a route body.
+    fn errors(route: &str) -> Vec<(String, String)> {
+        match parse(&with_route(route)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    /// Asserts a route body gives exactly one error, at `path`, containing `message`.
+    fn one_error(route: &str, path: &str, message: &str) {
+        let errors = errors(route);
+        assert_eq!(errors.len(), 1, "{route}: {errors:?}");
+        assert_eq!(errors[0].0, path, "{route}");
+        assert!(errors[0].1.contains(message), "{route}: {:?}", errors[0].1);
+    }
+
+    #[test]
+    fn identity_sources_are_checked_one_by_one() {
+        let route = parse(&with_route(
+            "identity: [header:X-User, cookie:sid, client_ip]",
+        ))
+        .unwrap();
+        assert_eq!(
+            route.routes[0].identity,
+            vec![
+                IdentitySource::Header("x-user".into()),
+                IdentitySource::Cookie("sid".into()),
+                IdentitySource::ClientIp
+            ]
+        );
+        one_error(
+            "identity: [client_ip, \"header:\"]",
+            "routes[0].identity[1]",
+            "invalid identity source",
+        );
+        one_error("identity: []", "routes[0].identity", "at least one");
+    }
+
+    #[test]
+    fn split_rules_backends_percents_sum_and_toggles() {
+        let cases = [
+            (
+                "split: [{backend: nosuch, percent: 5}]",
+                "routes[0].split[0].backend",
+                "unknown upstream",
+            ),
+            (
+                "split: [{backend: canary, percent: 5}, {backend: canary, percent: 5}]",
+                "routes[0].split[1].backend",
+                "appears twice",
+            ),
+            (
+                "split: [{backend: canary}]",
+                "routes[0].split[0].percent",
+                "required",
+            ),
+            (
+                "split: [{backend: canary, percent: 60}, {backend: blue, percent: 40.01}]",
+                "routes[0].split",
+                "100.01",
+            ),
+            (
+                "kind: toggle\nsplit: [{backend: canary, percent: 50}]",
+                "routes[0].split[0].percent",
+                "0 or 100",
+            ),
+        ];
+        for (route, path, message) in cases {
+            one_error(route, path, message);
+        }
+        let ok = parse(&with_route(
+            "split: [{backend: canary, percent: 60}, {backend: blue, percent: 40}]",
+        ))
+        .unwrap();
+        let backends = &ok.routes[0].backends;
+        assert_eq!(
+            backends.len(),
+            3,
+            "stable, then the split's backends in order"
+        );
+        assert_eq!(ok.routes[0].split[1].backend, BackendSlot(2));
+    }
+
+    #[test]
+    fn a_rollout_drives_the_first_entry_and_may_not_be_given_its_percent() {
+        let rollout = "rollout: {steps: [10, 50], step_interval: 1m}";
+        one_error(
+            &format!("split: [{{backend: canary, percent: 5}}]\n{rollout}"),
+            "routes[0].split[0].percent",
+            "rollout drives this percent",
+        );
+        one_error(
+            &format!("split: [{{backend: canary}}, {{backend: blue, percent: 60}}]\n{rollout}"),
+            "routes[0].split",
+            "with the rollout's largest step",
+        );
+        one_error(rollout, "routes[0].rollout", "add one, without a percent");
+        one_error(
+            &format!("kind: experiment\nsplit: [{{backend: canary}}]\n{rollout}"),
+            "routes[0].rollout",
+            "canary only",
+        );
+    }
+
+    #[test]
+    fn overrides_name_known_backends_and_pin_an_identity_once() {
+        let cases = [
+            (
+                "overrides: {force_header: \"bad header\"}",
+                "routes[0].overrides.force_header",
+                "invalid header name",
+            ),
+            (
+                "overrides: {identities: {nosuch: [a]}}",
+                "routes[0].overrides.identities.nosuch",
+                "unknown upstream",
+            ),
+            (
+                "overrides: {identities: {canary: [a], blue: [a]}}",
+                "routes[0].overrides.identities.blue",
+                "pinned to both",
+            ),
+            (
+                "overrides: {headers: [{name: x-e, value: \"1\", backend: nosuch}]}",
+                "routes[0].overrides.headers[0].backend",
+                "unknown upstream",
+            ),
+        ];
+        for (route, path, message) in cases {
+            one_error(route, path, message);
+        }
+        let ok = parse(&with_route("overrides: {identities: {blue: [alice]}, headers: [{name: X-E, value: \"1\", backend: canary}]}")).unwrap();
+        let r = &ok.routes[0];
+        assert_eq!(r.overrides.identities.get("alice"), Some(&BackendSlot(1)));
+        assert_eq!(r.overrides.headers[0].name, "x-e");
+        assert_eq!(
+            r.overrides.headers[0].backend,
+            BackendSlot(2),
+            "override-only backends follow"
+        );
+    }
+
+    #[test]
+    fn shapes_gate_and_experiment() {
+        one_error("kind: gate\nsplit: [{backend: canary, percent: 5}]\noverrides: {identities: {canary: [a]}}", "routes[0].split", "overrides only");
+        one_error("kind: gate", "routes[0].overrides", "at least one override");
+        one_error(
+            "kind: experiment",
+            "routes[0].split",
+            "one or more variants",
+        );
+        assert!(errors("kind: gate\noverrides: {identities: {canary: [a]}}").is_empty());
     }
 }

@@ -104,14 +104,69 @@ impl<'de> Deserialize<'de> for Percent {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
                 Percent::parse(v).map_err(E::custom)
             }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Percent, E> {
+                if v == super::lenient::PLACEHOLDER {
+                    return Ok(Percent::ZERO);
+                }
+                Err(E::invalid_type(de::Unexpected::Bytes(v), &self))
+            }
         }
         deserializer.deserialize_any(PercentVisitor)
     }
 }
 
-/// A duration written as `500ms`, `30s`, `5m` or `1h` (humantime syntax).
+/// A duration written as `500ms`, `30s`, `5m` or `1h`, or a sum such as `1h 30m`.
+///
+/// Only these four units: the same grammar as the Helm chart's schema
+/// (`^([0-9]+(ms|s|m|h) ?)+$`), so a value the chart accepts is one Rampart accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DurationValue(pub Duration);
+
+impl DurationValue {
+    /// Parses `500ms`, `30s`, `5m`, `1h` and sums of them (`1h30m`, `1m 30s`).
+    pub fn parse(text: &str) -> Result<DurationValue, String> {
+        let invalid = || {
+            format!("invalid duration {text:?}: write a whole number and a unit, ms, s, m or h (e.g. 500ms, 30s, 5m, 1h)")
+        };
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(invalid());
+        }
+        let mut total = Duration::ZERO;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(invalid());
+            }
+            let (number, after) = rest.split_at(digits);
+            let number: u64 = number.parse().map_err(|_| invalid())?;
+            let (unit, after) = if let Some(a) = after.strip_prefix("ms") {
+                (Duration::from_millis(1), a)
+            } else if let Some(a) = after.strip_prefix('s') {
+                (Duration::from_secs(1), a)
+            } else if let Some(a) = after.strip_prefix('m') {
+                (Duration::from_secs(60), a)
+            } else if let Some(a) = after.strip_prefix('h') {
+                (Duration::from_secs(3600), a)
+            } else if after.is_empty() && total.is_zero() {
+                return Err(format!(
+                    "invalid duration {text:?}: a unit is required (e.g. {number}s or {number}ms)"
+                ));
+            } else {
+                return Err(invalid());
+            };
+            let term = u32::try_from(number)
+                .ok()
+                .and_then(|n| unit.checked_mul(n))
+                .ok_or_else(|| format!("invalid duration {text:?}: too long"))?;
+            total = total
+                .checked_add(term)
+                .ok_or_else(|| format!("invalid duration {text:?}: too long"))?;
+            rest = after.strip_prefix(' ').unwrap_or(after);
+        }
+        Ok(DurationValue(total))
+    }
+}
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -122,11 +177,13 @@ impl<'de> Deserialize<'de> for DurationValue {
                 f.write_str("a duration such as 500ms, 30s, 5m or 1h")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                humantime::parse_duration(v.trim())
-                    .map(DurationValue)
-                    .map_err(|e| {
-                        E::custom(format!("invalid duration {v:?}: {e} (use ms, s, m or h)"))
-                    })
+                DurationValue::parse(v).map_err(E::custom)
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<DurationValue, E> {
+                if v == super::lenient::PLACEHOLDER {
+                    return Ok(DurationValue(Duration::ZERO));
+                }
+                Err(E::invalid_type(de::Unexpected::Bytes(v), &self))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationValue, E> {
                 Err(E::custom(format!(
@@ -140,7 +197,7 @@ impl<'de> Deserialize<'de> for DurationValue {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationValue, E> {
                 Err(E::custom(format!(
-                    "invalid duration {v}: a unit is required (e.g. 1500ms)"
+                    "invalid duration {v}: write a whole number and a unit, ms, s, m or h (e.g. 1500ms)"
                 )))
             }
         }
@@ -170,6 +227,37 @@ mod tests {
         assert!(Percent::parse("1e2").is_err());
         assert!(Percent::parse("").is_err());
         assert!(Percent::parse(".5").is_err());
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_h_and_sums_of_them() {
+        let ms = |t: &str| DurationValue::parse(t).map(|d| d.0.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("30s"), Ok(30_000));
+        assert_eq!(ms("5m"), Ok(300_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("1h30m"), Ok(5_400_000));
+        assert_eq!(ms(" 1m 30s "), Ok(90_000));
+        assert_eq!(ms("0s"), Ok(0));
+    }
+
+    #[test]
+    fn durations_outside_the_grammar_name_only_the_units_rampart_reads() {
+        for text in [
+            "5x", "1d", "2weeks", "1.5s", "s", "", "10 s", "1h  30m", "-1s",
+        ] {
+            let Err(e) = DurationValue::parse(text) else {
+                panic!("{text:?} was accepted");
+            };
+            let advice = e.split_once(": ").map(|(_, a)| a).unwrap_or_default();
+            assert!(!advice.contains("week") && !advice.contains("month"), "{e}");
+            assert!(e.contains("ms, s, m or h"), "{e}");
+        }
+        let Err(e) = DurationValue::parse("30") else {
+            panic!("a bare number was accepted");
+        };
+        assert!(e.contains("a unit is required (e.g. 30s or 30ms)"), "{e}");
+        assert!(DurationValue::parse("99999999999h").is_err());
     }
 
     #[test]
