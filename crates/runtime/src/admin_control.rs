@@ -2,7 +2,7 @@
 //! state they keep: admin kills and rollout pauses (persisted in `state_dir`, so they last
 //! across reloads and restarts), the previous good config (for rollback, kept in memory and
 //! as `state_dir/previous-good.yaml`), the rollback pin, and the audit log entries of
-//! config reloads and breaker transitions.
+//! config reloads and breaker transitions (docs/audit.md#entries).
 //!
 //! The runtime does not know this module: [`RuntimeAdmin`] is a [`ConfigSubscriber`]
 //! registered at start, so every apply and rejection reaches it as a [`ConfigEvent`] with

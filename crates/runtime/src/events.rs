@@ -43,7 +43,7 @@ impl Cause {
         }
     }
 
-    /// The `cause` of a `config.applied` audit entry (docs/admin.md#audit-log): the three
+    /// The `cause` of a `config.applied` audit entry (docs/audit.md#entries): the three
     /// triggers of a reload of the file are one cause there.
     pub fn audit_cause(self) -> &'static str {
         match self {

@@ -1,6 +1,7 @@
-//! Fleet-wide rollout analysis (docs/rollout.md#fleets-rolloutprometheus): with `rollout.prometheus`, the verdict at
-//! boundary t_k comes from instant queries pinned to `time = t_k` over the step, summed over
-//! `selector` across the whole fleet, evaluated at t_k + delay. The same query at the same
+//! Fleet-wide rollout analysis (docs/rollout.md#fleet-wide-analysis): with
+//! `rollout.prometheus`, the verdict at boundary t_k comes from instant queries pinned to
+//! `time = t_k` over the step, summed over `selector` across the whole fleet, evaluated at
+//! t_k + delay. The same query at the same
 //! time gives every replica the same numbers, hence the same verdict; a replica that starts
 //! late replays the past boundaries one by one and lands on the same step.
 //!

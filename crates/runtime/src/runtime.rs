@@ -1,8 +1,8 @@
 //! The runtime: loads a config, publishes it as a snapshot, binds the listeners, serves,
 //! reloads when the file changes (or on SIGHUP, or at the periodic check), and drains on
-//! SIGTERM (docs/reload.md, docs/deploy.md). Every apply or rejection is a
-//! [`ConfigEvent`] sent to the subscribers registered at start; the runtime knows nothing
-//! of the admin API or the audit log.
+//! SIGTERM (docs/reload.md, docs/proxying.md#shutdown-and-signals). Every apply or
+//! rejection is a [`ConfigEvent`] sent to the subscribers registered at start; the runtime
+//! knows nothing of the admin API or the audit log.
 
 use crate::events::{routes_changed, AppliedConfig, Cause, ConfigEvent, ConfigSubscriber};
 use crate::events::{RejectedConfig, ReloadMetrics};
@@ -582,7 +582,8 @@ pub async fn bind(
 pub enum Command {
     /// Re-read the config file (SIGHUP).
     Reload(Cause),
-    /// Stop: the first one drains (docs/deploy.md#drain), a second skips what is left.
+    /// Stop: the first one drains (docs/proxying.md#shutdown-and-signals), a second skips
+    /// what is left.
     Stop,
 }
 
@@ -597,8 +598,8 @@ pub enum ServeError {
     Ofrep(#[from] prometheus::Error),
 }
 
-/// Serves until a [`Command::Stop`], then drains (docs/deploy.md#drain); reloads on
-/// [`Command::Reload`], when the file changes and at the periodic check.
+/// Serves until a [`Command::Stop`], then drains (docs/proxying.md#shutdown-and-signals);
+/// reloads on [`Command::Reload`], when the file changes and at the periodic check.
 pub(crate) async fn serve(
     runtime: Arc<Runtime>,
     bound: Bound,

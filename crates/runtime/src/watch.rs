@@ -1,4 +1,4 @@
-//! Reload triggers for files Rampart reads while serving (SPEC section 8): the config, and
+//! Reload triggers for files Rampart reads while serving (docs/reload.md): the config, and
 //! the TLS certificate and key. Each file is watched through its DIRECTORY with `notify`,
 //! so in-place writes, atomic renames and the Kubernetes ConfigMap/Secret `..data` symlink
 //! swap are all seen (a watch on the file itself dies at the first swap, and no event names
