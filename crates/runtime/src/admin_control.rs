@@ -824,9 +824,8 @@ impl Control {
 }
 
 impl AdminControl for Control {
-    fn status(&self) -> Value {
-        serde_json::to_value(self.status_document())
-            .unwrap_or_else(|e| json!({"error": format!("cannot encode the status: {e}")}))
+    fn status(&self) -> status::Status {
+        self.status_document()
     }
 
     fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError> {
