@@ -24,6 +24,7 @@ use rampart_proxy::rollout::{FleetQuery, RolloutRuntime};
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,16 +48,16 @@ pub enum FleetError {
 /// `rampart status`).
 pub type PromClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// Answers the fleet's instant queries: Prometheus in production, canned answers in tests.
+/// What a [`FleetMetrics`] query resolves to: the value, `None` for an empty vector.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<Option<f64>, FleetError>> + Send + 'a>>;
+
+/// Answers the fleet's instant queries: Prometheus in production, canned answers in tests
+/// (so a fleet verdict can be tested without a Prometheus). A trait object, so that
+/// [`crate::StartOptions::fleet_metrics`] can carry one.
 pub trait FleetMetrics: Send + Sync + 'static {
     /// One instant query against the Prometheus at `base`, evaluated at `at`: the first
     /// sample's value (NaN included, as Prometheus sends it), `None` for an empty vector.
-    fn instant(
-        &self,
-        base: &str,
-        query: &str,
-        at: SystemTime,
-    ) -> impl Future<Output = Result<Option<f64>, FleetError>> + Send;
+    fn instant<'a>(&'a self, base: &'a str, query: &'a str, at: SystemTime) -> Answer<'a>;
 }
 
 /// The real [`FleetMetrics`]: HTTP instant queries to Prometheus' `/api/v1/query`.
@@ -85,16 +86,13 @@ impl Default for Prometheus {
 }
 
 impl FleetMetrics for Prometheus {
-    async fn instant(
-        &self,
-        base: &str,
-        query: &str,
-        at: SystemTime,
-    ) -> Result<Option<f64>, FleetError> {
-        let Some(client) = &self.client else {
-            return Err(FleetError::Unreachable("no HTTP client".into()));
-        };
-        instant(client, base, query, at).await
+    fn instant<'a>(&'a self, base: &'a str, query: &'a str, at: SystemTime) -> Answer<'a> {
+        Box::pin(async move {
+            let Some(client) = &self.client else {
+                return Err(FleetError::Unreachable("no HTTP client".into()));
+            };
+            instant(client, base, query, at).await
+        })
     }
 }
 
@@ -219,8 +217,8 @@ fn count(v: Option<f64>) -> u64 {
     }
 }
 
-async fn side<M: FleetMetrics>(
-    client: &M,
+async fn side(
+    client: &dyn FleetMetrics,
     q: &FleetQuery,
     selector: &[(&str, &str)],
 ) -> Result<SideFigures, FleetError> {
@@ -261,8 +259,8 @@ async fn side<M: FleetMetrics>(
 }
 
 /// The fleet's figures for one route's step ending at `q.boundary`.
-pub async fn step_figures<M: FleetMetrics>(
-    client_: &M,
+pub async fn step_figures(
+    client_: &dyn FleetMetrics,
     q: &FleetQuery,
     route: &str,
     canary: &str,
@@ -294,8 +292,8 @@ pub async fn step_figures<M: FleetMetrics>(
 /// Runs the fleet verdict of `rollout` for `query` (from [`RolloutRuntime::fleet_due`]) at
 /// `now`: queries the figures, then applies them. `Ok(None)` when the boundary is no
 /// longer the pending one; an error when Prometheus gave no answer (the step holds).
-pub async fn judge<M: FleetMetrics>(
-    metrics: &M,
+pub async fn judge(
+    metrics: &dyn FleetMetrics,
     rollout: &RolloutRuntime,
     query: &FleetQuery,
     canary: &str,
@@ -309,8 +307,11 @@ pub async fn judge<M: FleetMetrics>(
 /// Looks for due fleet verdicts every [`POLL`] and applies them to the serving snapshot of
 /// `state`, keeping rollout progress in `state_dir`; runs until the process ends. Cheap
 /// when no route has `rollout.prometheus`.
-pub async fn run<M: FleetMetrics>(state: Arc<ProxyState>, state_dir: Option<PathBuf>, metrics: M) {
-    let metrics = Arc::new(metrics);
+pub async fn run(
+    state: Arc<ProxyState>,
+    state_dir: Option<PathBuf>,
+    metrics: Arc<dyn FleetMetrics>,
+) {
     let state_dir: Arc<Option<PathBuf>> = Arc::new(state_dir);
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let mut tick = tokio::time::interval(POLL);
@@ -349,7 +350,7 @@ pub async fn run<M: FleetMetrics>(state: Arc<ProxyState>, state_dir: Option<Path
             );
             tokio::spawn(async move {
                 match judge(
-                    &*metrics,
+                    metrics.as_ref(),
                     &rollout,
                     &query,
                     &canary,

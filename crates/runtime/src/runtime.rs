@@ -606,6 +606,7 @@ pub(crate) async fn serve(
     config_path: Option<PathBuf>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     admin: Option<crate::admin_control::AdminServer>,
+    fleet_metrics: Arc<dyn crate::fleet::FleetMetrics>,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -645,7 +646,7 @@ pub(crate) async fn serve(
     let fleet = tokio::spawn(crate::fleet::run(
         Arc::clone(&runtime.state),
         runtime.state_dir.clone(),
-        crate::fleet::Prometheus::new(),
+        fleet_metrics,
     ));
     runtime.readiness.set(true);
     tracing::info!(

@@ -4,6 +4,7 @@
 
 use crate::admin_control::{self, RuntimeAdmin};
 use crate::events::ConfigSubscriber;
+use crate::fleet::{FleetMetrics, Prometheus};
 use crate::runtime::TlsSetupError;
 use crate::runtime::{self, BindError, Command, Loaded, NewRuntimeError, Runtime, ServeError};
 use rampart_proxy::publish::EventSink;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 pub struct StartOptions {
     /// The config file: watched, re-read on SIGHUP and at the periodic check, and the file
-    /// a rollback pins against. `None` for an embedded config (the demo): no reloads.
+    /// a rollback pins against. `None` for a config with no file (a test's): no reloads.
     pub config_path: Option<PathBuf>,
     /// The file could not be used at start and `loaded` is the last good config from
     /// `state_dir`: the rejection's text (reported as a [`crate::Cause::Start`] rejection).
@@ -30,6 +31,10 @@ pub struct StartOptions {
     /// Data-plane event subscribers (breaker transitions, rollout verdicts), after the
     /// admin state's.
     pub proxy_events: Vec<EventSink>,
+    /// Who answers the fleet analysis' queries (`rollout.prometheus`); `None` is the real
+    /// [`Prometheus`]. A test passes canned answers here to drive fleet verdicts through
+    /// the same wiring as `rampart run`.
+    pub fleet_metrics: Option<Arc<dyn FleetMetrics>>,
 }
 
 /// Why the process could not start serving.
@@ -166,6 +171,9 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
         options.config_path,
         commands_rx,
         admin_server,
+        options
+            .fleet_metrics
+            .unwrap_or_else(|| Arc::new(Prometheus::new())),
     ));
     Ok(Running {
         runtime,

@@ -4,7 +4,7 @@
 
 use rampart_core::rollout::{RolloutStatus, Verdict};
 use rampart_runtime::events::{ConfigEvent, RouteChange};
-use rampart_runtime::fleet::{self, FleetError, FleetMetrics};
+use rampart_runtime::fleet::{self, Answer, FleetError, FleetMetrics};
 use rampart_runtime::{parse_bytes, Cause, ConfigSubscriber, Loaded, Runtime};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -161,13 +161,8 @@ struct Canned {
     unreachable: bool,
 }
 
-impl FleetMetrics for Canned {
-    async fn instant(
-        &self,
-        _base: &str,
-        query: &str,
-        _at: SystemTime,
-    ) -> Result<Option<f64>, FleetError> {
+impl Canned {
+    fn answer(&self, query: &str) -> Result<Option<f64>, FleetError> {
         if self.unreachable {
             return Err(FleetError::Unreachable("connection refused".into()));
         }
@@ -187,6 +182,13 @@ impl FleetMetrics for Canned {
                 side.0
             },
         ))
+    }
+}
+
+impl FleetMetrics for Canned {
+    fn instant<'a>(&'a self, _base: &'a str, query: &'a str, _at: SystemTime) -> Answer<'a> {
+        let answer = self.answer(query);
+        Box::pin(async move { answer })
     }
 }
 
