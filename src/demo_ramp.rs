@@ -58,7 +58,7 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
     let crate::demo::Embedded {
         runtime,
         proxy_addr,
-        stop_tx,
+        stop,
         ..
     } = crate::demo::start_embedded(&text, "ramp.yaml").await?;
     // The rollout engine's ticker runs in the runtime, as in `rampart run`.
@@ -204,6 +204,6 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
             state.step + 1
         );
     }
-    let _ = stop_tx.send(true);
+    stop.now().await;
     Ok(())
 }
