@@ -587,6 +587,36 @@ pub enum Command {
     Stop,
 }
 
+/// SIGTERM, SIGINT and SIGHUP, installed before the process reports ready and handled in
+/// the serving loop itself: no task between the signal and the drain, so `/readyz` turns
+/// 503 as soon as the loop sees the signal.
+pub(crate) struct Signals {
+    pub(crate) term: tokio::signal::unix::Signal,
+    pub(crate) int: tokio::signal::unix::Signal,
+    pub(crate) hup: tokio::signal::unix::Signal,
+}
+
+/// The next command, from a caller or from a signal.
+async fn next_command(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    signals: &mut Option<Signals>,
+) -> Option<Command> {
+    let signal = async {
+        match signals {
+            Some(s) => tokio::select! {
+                _ = s.term.recv() => Command::Stop,
+                _ = s.int.recv() => Command::Stop,
+                _ = s.hup.recv() => Command::Reload(Cause::Sighup),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        command = commands.recv() => command,
+        command = signal => Some(command),
+    }
+}
+
 /// Why serving ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -605,6 +635,7 @@ pub(crate) async fn serve(
     bound: Bound,
     config_path: Option<PathBuf>,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    mut signals: Option<Signals>,
     admin: Option<crate::admin_control::AdminServer>,
     fleet_metrics: Arc<dyn crate::fleet::FleetMetrics>,
 ) -> Result<(), ServeError> {
@@ -682,7 +713,7 @@ pub(crate) async fn serve(
     tokio::pin!(rollouts);
     loop {
         tokio::select! {
-            command = commands.recv() => match command {
+            command = next_command(&mut commands, &mut signals) => match command {
                 Some(Command::Reload(cause)) => {
                     if let Some(path) = &config_path {
                         if cause == Cause::Sighup {
@@ -709,7 +740,10 @@ pub(crate) async fn serve(
     tracing::info!(delay = ?drain.delay, timeout = ?drain.timeout, "shutdown requested: draining");
     let skip = async {
         loop {
-            if matches!(commands.recv().await, Some(Command::Stop) | None) {
+            if matches!(
+                next_command(&mut commands, &mut signals).await,
+                Some(Command::Stop) | None
+            ) {
                 break;
             }
         }

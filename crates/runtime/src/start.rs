@@ -5,8 +5,8 @@
 use crate::admin_control::{self, RuntimeAdmin};
 use crate::events::ConfigSubscriber;
 use crate::fleet::{FleetMetrics, Prometheus};
-use crate::runtime::TlsSetupError;
 use crate::runtime::{self, BindError, Command, Loaded, NewRuntimeError, Runtime, ServeError};
+use crate::runtime::{Signals, TlsSetupError};
 use rampart_proxy::publish::EventSink;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,9 +138,11 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    if options.handle_signals {
-        forward_signals(commands.clone())?;
-    }
+    let signals = if options.handle_signals {
+        Some(install_signals()?)
+    } else {
+        None
+    };
 
     // Read before the runtime overwrites last-good.yaml.
     let admin = Arc::new(RuntimeAdmin::new(&loaded));
@@ -170,6 +172,7 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
         bound,
         options.config_path,
         commands_rx,
+        signals,
         admin_server,
         options
             .fleet_metrics
@@ -186,8 +189,9 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
     })
 }
 
-/// Installs the SIGTERM, SIGINT and SIGHUP handlers and turns them into [`Command`]s.
-fn forward_signals(commands: mpsc::UnboundedSender<Command>) -> Result<(), StartError> {
+/// Installs the SIGTERM, SIGINT and SIGHUP handlers; the serving loop turns them into
+/// [`Command`]s.
+fn install_signals() -> Result<Signals, StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let install = |kind: SignalKind, name: &'static str| {
         signal(kind).map_err(|source| StartError::Signal {
@@ -195,20 +199,9 @@ fn forward_signals(commands: mpsc::UnboundedSender<Command>) -> Result<(), Start
             source,
         })
     };
-    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
-    let mut sighup = install(SignalKind::hangup(), "SIGHUP")?;
-    tokio::spawn(async move {
-        loop {
-            let command = tokio::select! {
-                _ = sigterm.recv() => Command::Stop,
-                _ = sigint.recv() => Command::Stop,
-                _ = sighup.recv() => Command::Reload(crate::Cause::Sighup),
-            };
-            if commands.send(command).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(())
+    Ok(Signals {
+        term: install(SignalKind::terminate(), "SIGTERM")?,
+        int: install(SignalKind::interrupt(), "SIGINT")?,
+        hup: install(SignalKind::hangup(), "SIGHUP")?,
+    })
 }
