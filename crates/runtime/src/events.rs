@@ -116,7 +116,7 @@ fn split_of(config: &Config, route: &Route) -> BTreeMap<String, f64> {
 }
 
 /// The routes that differ between two configs: added, removed, split or kill changed.
-pub fn routes_changed(old: &Config, new: &Config) -> Vec<RouteChange> {
+pub(crate) fn routes_changed(old: &Config, new: &Config) -> Vec<RouteChange> {
     let mut changes = Vec::new();
     for route in &new.routes {
         match old.route(&route.name) {
@@ -231,14 +231,14 @@ impl<F: Fn(&ConfigEvent) + Send + Sync> ConfigSubscriber for F {
 
 /// The reload metrics as a subscriber: `rampart_config_reloads_total{result}` and
 /// `rampart_config_last_reload_successful` (docs/metrics.md). Registered by every runtime.
-pub struct ReloadMetrics {
+pub(crate) struct ReloadMetrics {
     reloads: IntCounterVec,
     last_successful: IntGauge,
 }
 
 impl ReloadMetrics {
     /// Over the proxy's metric handles.
-    pub fn new(metrics: &rampart_proxy::Metrics) -> ReloadMetrics {
+    pub(crate) fn new(metrics: &rampart_proxy::Metrics) -> ReloadMetrics {
         ReloadMetrics {
             reloads: metrics.config_reloads.clone(),
             last_successful: metrics.config_last_reload_successful.clone(),

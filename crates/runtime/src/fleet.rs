@@ -96,7 +96,8 @@ impl FleetMetrics for Prometheus {
     }
 }
 
-/// The client, trusting the system roots plus `ca_file` (a private CA) if given.
+/// The client, trusting the system roots plus `ca_file` (a private CA) if given. Public so
+/// that `rampart status --prometheus` reads the fleet with the client the replicas use.
 pub fn client_with(
     ca_file: Option<&std::path::Path>,
 ) -> Result<PromClient, rampart_proxy::tls::TlsError> {
@@ -118,7 +119,8 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block.
+/// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block. Public so that
+/// `rampart status --prometheus` selects series exactly as the fleet analysis does.
 pub fn matchers(selector: &str, extra: &[(&str, &str)]) -> String {
     let inner = selector
         .trim()
@@ -151,7 +153,8 @@ async fn instant(
         .map(|s| s.value))
 }
 
-/// One instant query at `at`: every sample of the answer, with its labels.
+/// One instant query at `at`: every sample of the answer, with its labels (what `rampart
+/// status --prometheus` needs; the analysis itself needs only the first value).
 pub async fn instant_vector(
     client: &PromClient,
     base: &str,
@@ -259,7 +262,7 @@ async fn side(
 }
 
 /// The fleet's figures for one route's step ending at `q.boundary`.
-pub async fn step_figures(
+async fn step_figures(
     client_: &dyn FleetMetrics,
     q: &FleetQuery,
     route: &str,
@@ -292,6 +295,7 @@ pub async fn step_figures(
 /// Runs the fleet verdict of `rollout` for `query` (from [`RolloutRuntime::fleet_due`]) at
 /// `now`: queries the figures, then applies them. `Ok(None)` when the boundary is no
 /// longer the pending one; an error when Prometheus gave no answer (the step holds).
+/// Public so a test can judge one boundary with canned answers, without the poll loop.
 pub async fn judge(
     metrics: &dyn FleetMetrics,
     rollout: &RolloutRuntime,
@@ -306,8 +310,8 @@ pub async fn judge(
 
 /// Looks for due fleet verdicts every [`POLL`] and applies them to the serving snapshot of
 /// `state`, keeping rollout progress in `state_dir`; runs until the process ends. Cheap
-/// when no route has `rollout.prometheus`.
-pub async fn run(
+/// when no route has `rollout.prometheus`. Started by [`crate::start`].
+pub(crate) async fn run(
     state: Arc<ProxyState>,
     state_dir: Option<PathBuf>,
     metrics: Arc<dyn FleetMetrics>,

@@ -7,21 +7,37 @@
 //! is a [`ConfigEvent`] with its [`Cause`], sent to the [`ConfigSubscriber`]s registered at
 //! start (the reload metrics, the admin state and audit log, a test's recorder).
 //!
-//! Dependencies point one way: core <- proxy, admin <- runtime <- the `rampart` binary
-//! (docs/decisions.md#the-control-plane-is-a-library).
+//! The public surface, all a caller needs:
+//! - [`load`], [`parse_bytes`] -> [`Loaded`]; [`prepare`] builds what `run` builds from it
+//!   and throws it away (`rampart check`);
+//! - [`start`] with [`StartOptions`] (config file, signals, [`ConfigSubscriber`]s, data-plane
+//!   event sinks, a [`FleetMetrics`] in place of [`Prometheus`]) -> [`Running`];
+//! - [`Runtime::apply`]`(loaded, cause)` and [`Runtime::reload`]`(path, cause)`, each
+//!   ending in one [`ConfigEvent`];
+//! - [`fleet`]: the fleet analysis' queries, shared with `rampart status --prometheus`.
+//!
+//! Errors are typed ([`LoadError`], [`PrepareError`], [`StartError`], [`ApplyError`],
+//! [`ServeError`]); `anyhow` stays in the binary.
+//!
+//! Dependencies point one way: core <- proxy, admin, ofrep <- runtime <- the `rampart`
+//! binary (docs/decisions.md#the-control-plane-is-a-library).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admin_control;
+// The admin API's state and operations, OFREP, rollout persistence and file watching are
+// parts of the wiring `start` builds; nothing outside needs them one by one.
+mod admin_control;
 pub mod events;
 pub mod fleet;
-pub mod ofrep;
-pub mod rollout_store;
+mod ofrep;
+mod rollout_store;
 pub mod runtime;
 mod start;
-pub mod watch;
+mod watch;
 
 pub use events::{Cause, ConfigEvent, ConfigSubscriber};
-pub use runtime::{load, parse_bytes, ApplyError, LoadError, Loaded, Runtime};
+pub use fleet::{FleetMetrics, Prometheus};
+pub use runtime::{load, parse_bytes, prepare, ApplyError, LoadError, Loaded, PrepareError};
+pub use runtime::{Runtime, ServeError};
 pub use start::{start, Running, StartError, StartOptions};

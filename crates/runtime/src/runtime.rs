@@ -48,7 +48,8 @@ pub enum LoadError {
     },
 }
 
-/// A parsed, valid config and where it came from.
+/// A parsed, valid config and where it came from: what [`crate::start`] and
+/// [`Runtime::apply`] take, so nothing unvalidated can be applied.
 pub struct Loaded {
     /// The config.
     pub config: Config,
@@ -59,7 +60,7 @@ pub struct Loaded {
 }
 
 /// Name of the last good config inside `state_dir`.
-pub const LAST_GOOD_FILE: &str = "last-good.yaml";
+pub(crate) const LAST_GOOD_FILE: &str = "last-good.yaml";
 
 /// The `state_dir` an invalid config file names, if its YAML still says it (or, when the
 /// YAML itself is broken, a top-level `state_dir:` line does); else `$RAMPART_STATE_DIR`.
@@ -108,7 +109,8 @@ fn persist_last_good(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, state_dir.join(LAST_GOOD_FILE))
 }
 
-/// Reads, parses and validates a config file.
+/// Reads, parses and validates a config file: the one way `run`, `check`, `explain`, the
+/// demo and a reload read one.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
@@ -117,7 +119,8 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     parse_bytes(path, bytes)
 }
 
-/// Parses and validates a config file's bytes.
+/// Parses and validates a config file's bytes, for bytes already read (a reload that
+/// hashed them first, a test's config).
 pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     let display = path.display().to_string();
     let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
@@ -169,13 +172,14 @@ pub fn prepare(loaded: &Loaded) -> Result<(), PrepareError> {
     Ok(())
 }
 
-/// The running data plane's shared pieces.
+/// The running data plane's shared pieces: what the serving tasks, the admin API, OFREP and
+/// the demo's narration hold on to, and what applies a new config ([`Runtime::apply`]).
 pub struct Runtime {
     /// The proxy's state (snapshot and metrics).
     pub state: Arc<ProxyState>,
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// `/readyz`.
+    /// `/readyz`: set once serving, cleared when a drain starts.
     pub readiness: Arc<Readiness>,
     /// Where state lives; fixed at start (a reload that changes it warns).
     pub state_dir: Option<PathBuf>,
@@ -257,14 +261,14 @@ impl Runtime {
 
     /// Records the config file's content as seen (for a start on the last good config,
     /// so the unchanged broken file is not rejected again at every check).
-    pub fn set_last_seen(&self, file_bytes: &[u8]) {
+    pub(crate) fn set_last_seen(&self, file_bytes: &[u8]) {
         if let Ok(mut last) = self.last_seen.lock() {
             *last = config::sha256_hex(file_bytes);
         }
     }
 
     /// Writes every rollout's state to `state_dir` (after verdicts and operator actions).
-    pub fn persist_rollouts(&self) {
+    pub(crate) fn persist_rollouts(&self) {
         crate::rollout_store::persist(&self.state, self.state_dir.as_deref());
     }
 
@@ -280,7 +284,7 @@ impl Runtime {
     /// Tells the subscribers the file at `path` was refused (`error`) and the serving config
     /// is not the file's: `rampart_config_last_reload_successful` 0, one rejection, an
     /// audit entry.
-    pub fn reject(&self, cause: Cause, path: &Path, sha256: &str, error: String) {
+    pub(crate) fn reject(&self, cause: Cause, path: &Path, sha256: &str, error: String) {
         self.notify(&ConfigEvent::Rejected(RejectedConfig {
             cause,
             sha256: sha256.to_string(),
@@ -292,7 +296,7 @@ impl Runtime {
     /// The process started on the last good config because the file at `path` is invalid:
     /// the rejection is reported, and the broken file is remembered as seen so the periodic
     /// check does not reject it again until it changes.
-    pub fn started_on_last_good(&self, path: &Path, error: String) {
+    pub(crate) fn started_on_last_good(&self, path: &Path, error: String) {
         let bytes = std::fs::read(path).unwrap_or_default();
         self.set_last_seen(&bytes);
         self.reject(Cause::Start, path, &config::sha256_hex(&bytes), error);
@@ -411,7 +415,7 @@ impl Runtime {
     /// Sets `rampart_route_expired` for every route at `now`; run at each apply and by the
     /// periodic check, so a flag expires at 00:00 UTC of its day without a reload; each
     /// time a route turns expired (at start, at a reload, at midnight) it is logged.
-    pub fn refresh_expiry(&self, now: SystemTime) {
+    pub(crate) fn refresh_expiry(&self, now: SystemTime) {
         let metrics = &self.state.metrics;
         let snapshot = self.state.snapshot.load();
         let expired: Vec<&str> = snapshot
@@ -436,7 +440,7 @@ impl Runtime {
     }
 
     /// Sets `rampart_kill_active{route,source}` for every route.
-    pub fn publish_kills(&self) {
+    pub(crate) fn publish_kills(&self) {
         let metrics = &self.state.metrics;
         let snapshot = self.state.snapshot.load();
         let admin = self.state.admin_kills.load();
@@ -501,17 +505,17 @@ pub struct BindError {
 }
 
 /// Listeners bound and ready to serve.
-pub struct Bound {
+pub(crate) struct Bound {
     /// The data-plane listener.
-    pub proxy: TcpListener,
+    pub(crate) proxy: TcpListener,
     /// The metrics listener.
-    pub metrics: TcpListener,
+    pub(crate) metrics: TcpListener,
     /// TLS on the data-plane listener, when `tls` is set.
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     /// The data plane's certificate, re-read when its files change.
-    pub cert: Option<Arc<ReloadingCert>>,
+    pub(crate) cert: Option<Arc<ReloadingCert>>,
     /// The OFREP flag evaluation listener, when `ofrep_listen` is set (docs/ofrep.md).
-    pub ofrep: Option<TcpListener>,
+    pub(crate) ofrep: Option<TcpListener>,
 }
 
 /// Why the listener's TLS could not be set up at start.
@@ -520,7 +524,7 @@ pub struct Bound {
 pub struct TlsSetupError(#[from] rampart_proxy::tls::TlsError);
 
 /// Loads the data plane's certificate and builds its TLS acceptor, if `tls` is set.
-pub fn tls_setup(
+pub(crate) fn tls_setup(
     config: &Config,
 ) -> Result<(Option<TlsAcceptor>, Option<Arc<ReloadingCert>>), TlsSetupError> {
     let Some(files) = &config.tls else {
@@ -548,7 +552,7 @@ fn reload_cert(cert: &ReloadingCert) {
 }
 
 /// Binds the data-plane and metrics listeners of `config`.
-pub async fn bind(
+pub(crate) async fn bind(
     config: &Config,
     tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
 ) -> Result<Bound, BindError> {
@@ -579,7 +583,7 @@ pub async fn bind(
 /// What the process asks of a running runtime (from signals, or from a library caller
 /// such as the demo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Re-read the config file (SIGHUP).
     Reload(Cause),
     /// Stop: the first one drains (docs/proxying.md#shutdown-and-signals), a second skips

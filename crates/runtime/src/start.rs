@@ -59,10 +59,10 @@ pub enum StartError {
     },
 }
 
-/// A started runtime, serving in its own task.
+/// A started runtime, serving in its own task: the handle its starter keeps to read its
+/// addresses and state, ask for a reload, and stop it.
 pub struct Running {
     runtime: Arc<Runtime>,
-    admin: Arc<RuntimeAdmin>,
     proxy_addr: SocketAddr,
     metrics_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
@@ -74,11 +74,6 @@ impl Running {
     /// The runtime (snapshot, metrics, readiness): to apply a config or read state.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
-    }
-
-    /// The admin state (overrides, config history, audit log).
-    pub fn admin(&self) -> &Arc<RuntimeAdmin> {
-        &self.admin
     }
 
     /// The data-plane listener's address (the port the OS picked for `:0`).
@@ -180,7 +175,6 @@ pub async fn start(loaded: Loaded, options: StartOptions) -> Result<Running, Sta
     ));
     Ok(Running {
         runtime,
-        admin,
         proxy_addr,
         metrics_addr,
         admin_addr,
