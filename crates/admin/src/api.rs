@@ -17,7 +17,7 @@
 //! into one `admin.refusals_summarized` entry so anonymous callers cannot flood the log.
 //! GETs are not audited.
 //!
-//! The API knows nothing of the binary: the operations go through [`AdminControl`].
+//! The API knows nothing of the runtime: the operations go through [`AdminControl`].
 
 use crate::audit::{AuditLog, NewEntry};
 use crate::tokens::{Authn, Role, TokenStore};
@@ -89,7 +89,7 @@ pub struct Caller {
     pub reason: String,
 }
 
-/// The operations behind the admin API, implemented by the binary over its runtime. The
+/// The operations behind the admin API, implemented by `crates/runtime` over its state. The
 /// mutating ones may block (they persist state), so the API calls them on a blocking thread.
 pub trait AdminControl: Send + Sync + 'static {
     /// The `GET /v1/status` document, typed so that `rampart status` reads it back with the
