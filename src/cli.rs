@@ -1,4 +1,4 @@
-//! The command line (SPEC section 1).
+//! The command line (docs/cli.md).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The audit log (SPEC section 6).
+    /// The audit log (docs/audit.md).
     Audit {
         /// What to do with it.
         #[command(subcommand)]
@@ -134,7 +134,7 @@ pub enum AuditCommand {
     },
 }
 
-/// Parses the process's arguments; usage errors exit 2 (clap's convention, SPEC's too).
+/// Parses the process's arguments; usage errors exit 2 (clap's convention; docs/cli.md#exit-codes).
 pub fn parse() -> Cli {
     Cli::parse()
 }

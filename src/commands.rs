@@ -1,4 +1,4 @@
-//! One function per command; each returns the process's exit code (SPEC section 1).
+//! One function per command; each returns the process's exit code (docs/cli.md).
 
 use crate::cli::{Cli, Command};
 use rampart_core::decision::{self, NoGates};

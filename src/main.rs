@@ -1,4 +1,4 @@
-//! `rampart`: the sidecar's binary. Parses the command line (SPEC section 1) and hands each
+//! `rampart`: the sidecar's binary. Parses the command line (docs/cli.md) and hands each
 //! command to its module; only this crate uses `anyhow` and talks to the terminal.
 
 #![forbid(unsafe_code)]

@@ -1,7 +1,7 @@
-//! The admin API and the audit log (SPEC sections 5 and 6), black-box against the real
+//! The admin API and the audit log (docs/admin.md, docs/audit.md), black-box against the real
 //! binary: roles against every endpoint, the kill switch across reloads and restarts,
-//! rollback and its pin, explain against SPEC bucketing, and `rampart audit verify` on the
-//! log the binary wrote (intact, edited, cut, and SPEC's vector line).
+//! rollback and its pin, explain against documented bucketing (docs/routing.md#bucketing), and `rampart audit verify` on the
+//! log the binary wrote (intact, edited, cut, and the verification vector (docs/audit.md#verification-vector) line).
 //!
 //! Every wait is a bounded poll (of `/v1/status`, the audit file or stderr); nothing sleeps
 //! to make something happen.
@@ -558,7 +558,7 @@ async fn a_rollback_stays_pinned_across_a_restart_while_the_file_is_unchanged() 
 }
 
 #[tokio::test]
-async fn explain_agrees_with_spec_bucketing() {
+async fn explain_agrees_with_documented_bucketing() {
     let s = setup().await;
     let resp = s
         .call(
@@ -881,7 +881,7 @@ async fn a_torn_final_line_is_reported_and_the_restarted_writer_starts_a_new_lin
 }
 
 #[test]
-fn the_spec_vector_line_verifies() {
+fn the_verification_vector_line_verifies() {
     let dir = TempDir::new("vector");
     let file = dir.write(
         "audit.jsonl",
@@ -903,7 +903,7 @@ fn the_spec_vector_line_verifies() {
 }
 
 #[tokio::test]
-async fn every_line_the_binary_writes_has_spec_member_order() {
+async fn every_line_the_binary_writes_has_the_documented_member_order() {
     let s = setup().await;
     s.call("POST", "/v1/routes/checkout/kill", Some(OPERATOR), REASON)
         .await;

@@ -1,4 +1,4 @@
-//! Black-box: the breaker, fallback and bulkhead of SPEC sections 2-4, against the real
+//! Black-box: the breaker, fallback and bulkhead of docs/breaker.md, against the real
 //! binary and real upstreams on 127.0.0.1. Thresholds use short windows so the suite stays
 //! fast; every wait is a bounded poll.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

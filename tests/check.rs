@@ -1,4 +1,4 @@
-//! `rampart check` and `rampart explain` (SPEC section 1): exit codes, the `ok:` summary, and
+//! `rampart check` and `rampart explain` (docs/cli.md): exit codes, the `ok:` summary, and
 //! errors printed as `FILE:LINE:COL: path.to.field: message`. Every bad config is the valid
 //! one below with one change, so each test fails for the one reason it names.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{bucket, dedent, line_of, run_cli, CliOutput, TempDir};
 
-/// A valid config using most of SPEC section 2 without files that must exist (TLS, tokens).
+/// A valid config using most of docs/config.md without files that must exist (TLS, tokens).
 /// Two routes, two upstreams.
 const VALID: &str = "
     version: 1
@@ -198,7 +198,7 @@ fn check_rejects_every_shipped_invalid_fixture_with_a_file_prefixed_error() {
             file.display()
         );
         let name = file.file_name().unwrap().to_string_lossy();
-        // SPEC: the position is always given for syntax, unknown-field and type errors.
+        // docs/config.md#errors: the position is always given for syntax, unknown-field and type errors.
         if ["syntax", "unknown-field", "wrong-type"]
             .iter()
             .any(|k| name.contains(k))

@@ -1,4 +1,4 @@
-//! Black-box: the contract's finer points (SPEC sections 2-4 and 7, issue 11) that no other
+//! Black-box: the contract's finer points (docs/config.md, docs/routing.md#bucketing, docs/proxying.md, issue 11) that no other
 //! test file covers, each against the real binary and real upstreams on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,4 +1,4 @@
-//! Black-box: graceful shutdown (SPEC section 4) against the real binary. SIGTERM turns
+//! Black-box: graceful shutdown (docs/proxying.md) against the real binary. SIGTERM turns
 //! `/readyz` to 503 at once, requests are still served for `drain.delay`, in-flight
 //! requests finish within `drain.timeout`, a second SIGTERM or SIGINT cuts the drain short,
 //! and the exit code is 0 every time. Durations are short so the file runs in seconds;

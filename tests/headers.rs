@@ -1,4 +1,4 @@
-//! What reaches the upstream (SPEC section 4): forwarding headers, request ids, trace
+//! What reaches the upstream (docs/proxying.md): forwarding headers, request ids, trace
 //! context, Rampart's own route/backend headers, and hop-by-hop headers. Each test reads the
 //! upstream's JSON echo of the request it received.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! Malformed HTTP/1.1 requests (SPEC section 4) are answered by Rampart itself and never
+//! Malformed HTTP/1.1 requests (docs/proxying.md) are answered by Rampart itself and never
 //! reach an upstream. Each test sends its bad request over a raw TCP connection, then one good
 //! request through the same proxy: the upstream must have seen exactly that one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! The metrics listener (SPEC sections 4 and 7): `/metrics` after real proxied traffic,
+//! The metrics listener (docs/proxying.md, docs/metrics.md): `/metrics` after real proxied traffic,
 //! `/healthz` and `/readyz`. Counters are read by polling `/metrics` (bounded) until they
 //! settle, since a counter may be bumped just after the response is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! Black-box: live config reload (SPEC section 8, issue 4) against the real binary and real
+//! Black-box: live config reload (docs/reload.md, issue 4) against the real binary and real
 //! upstreams on 127.0.0.1. The file is changed every way it is changed in the field (the
 //! Kubernetes ConfigMap `..data` symlink swap, an atomic rename, an in-place write, a
 //! half-finished write, a deletion, SIGHUP) and the proof is what clients and `/metrics`

@@ -1,4 +1,4 @@
-//! Black-box: progressive rollouts and active health checks (SPEC section 2, issue 8),
+//! Black-box: progressive rollouts and active health checks (docs/config.md, issue 8),
 //! with second-scale step intervals against the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -68,6 +68,10 @@ fn status_is(text: &str, status: &str) -> bool {
     ) == Some(1.0)
 }
 
+/// The routes of these tests. They judge errors: both upstreams are the same server, so a
+/// latency verdict would only measure a loaded CI machine's scheduling noise (one 1 s step
+/// saw p99 13.7 ms against 6.6 ms). `max_latency_ratio` is set out of reach; the latency
+/// verdict has its own unit tests in `crates/core/src/rollout.rs`.
 fn rollout_routes(steps: &str, interval: &str, breaker: bool) -> String {
     let breaker = if breaker {
         "\n             breaker: {window: 5s, min_requests: 10, max_error_rate: 0.5, open_for: 60s}"
@@ -79,7 +83,7 @@ fn rollout_routes(steps: &str, interval: &str, breaker: bool) -> String {
            - name: checkout
              identity: [header:x-user-id]
              split: [{{backend: canary}}]
-             rollout: {{steps: {steps}, step_interval: {interval}, min_requests: 20, max_error_rate_increase: 0.05}}{breaker}
+             rollout: {{steps: {steps}, step_interval: {interval}, min_requests: 20, max_error_rate_increase: 0.05, max_latency_ratio: 1000}}{breaker}
         "
     )
 }

@@ -1,4 +1,4 @@
-//! Routing through the real binary: bucketing (SPEC section 3), overrides, missing identity,
+//! Routing through the real binary: bucketing (docs/routing.md#bucketing), overrides, missing identity,
 //! route order, default upstream, path-prefix segments and salts. Which upstream answered is
 //! read from the `x-upstream` response header each test upstream sets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -61,7 +61,7 @@ async fn backends_for(rampart: &Rampart, ids: &[String]) -> HashMap<String, Stri
 }
 
 #[test]
-fn bucket_oracle_matches_the_spec_golden_vectors() {
+fn bucket_oracle_matches_the_documented_golden_vectors() {
     assert_eq!(
         murmur3::murmur3_32(&mut &b"hello"[..], 0).unwrap(),
         613_153_351
@@ -98,7 +98,7 @@ async fn ten_percent_split_sends_about_ten_percent_of_20000_identities_each_exac
         .collect();
     assert!(
         misplaced.is_empty(),
-        "{} identities not where SPEC bucketing puts them, e.g. {:?}",
+        "{} identities not where documented bucketing (docs/routing.md#bucketing) puts them, e.g. {:?}",
         misplaced.len(),
         &misplaced[..misplaced.len().min(10)]
     );
@@ -326,7 +326,7 @@ async fn first_route_in_file_order_wins_when_two_prefixes_match() {
 async fn unmatched_path_goes_to_the_default_upstream() {
     let (stable, canary) = upstreams().await;
     // default_upstream is canary here so that "default" and "stable" differ; the route names
-    // its stable explicitly (SPEC does not say what it defaults to).
+    // its stable explicitly (the docs do not say what it defaults to).
     let cfg = config(
         "canary",
         &[&stable, &canary],

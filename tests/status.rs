@@ -162,7 +162,7 @@ fn body(stable: &Upstream, canary: &Upstream, broken: &Upstream) -> String {
             identity: [header:x-user-id]
             split:
               - {backend: canary}
-            rollout: {steps: [10, 50, 100], step_interval: 2s, min_requests: 5, max_error_rate_increase: 0.05}
+            rollout: {steps: [10, 50, 100], step_interval: 2s, min_requests: 5, max_error_rate_increase: 0.05, max_latency_ratio: 1000}
         ",
     )
 }

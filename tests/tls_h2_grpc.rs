@@ -1,4 +1,4 @@
-//! Black-box: TLS, HTTP/2 and gRPC through the real binary (SPEC sections 2 and 4).
+//! Black-box: TLS, HTTP/2 and gRPC through the real binary (docs/config.md, docs/proxying.md).
 //!
 //! Certificates are made here with rcgen; the upstreams are real servers on 127.0.0.1 (an h2c
 //! echo, an HTTPS HTTP/1.1 server, a tonic gRPC service written against tonic's server core

@@ -4,7 +4,7 @@
 //! hyper HTTP/1.1 server that echoes what reached it, [`Rampart`] writes a config into a fresh
 //! temp dir, starts `rampart run -c FILE` on OS-picked ports and waits (bounded) for `/readyz`,
 //! and the client helpers send requests either through hyper or as raw bytes (for malformed
-//! requests hyper would refuse to write). [`bucket`] recomputes SPEC section 3 independently.
+//! requests hyper would refuse to write). [`bucket`] recomputes docs/routing.md#bucketing independently.
 //!
 //! Every wait in this file is a bounded poll: a fixed number of tries and a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
@@ -40,7 +40,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 // Bucketing oracle
 // ---------------------------------------------------------------------------------------------
 
-/// SPEC section 3, computed independently of the binary: murmur3_x86_32 of `salt:identity`
+/// docs/routing.md#bucketing, computed independently of the binary: murmur3_x86_32 of `salt:identity`
 /// with seed 0, modulo 10,000.
 pub fn bucket(salt: &str, identity: &str) -> u32 {
     let key = format!("{salt}:{identity}");

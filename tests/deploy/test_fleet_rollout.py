@@ -1,8 +1,8 @@
-"""Fleet rollouts end to end (SPEC section 9): two `rampart run` replicas with the same
+"""Fleet rollouts end to end (docs/rollout.md#fleets): two `rampart run` replicas with the same
 rollout block (`started_at` and `prometheus`), scraped every second by a real Prometheus,
 must walk the steps together from Prometheus's fleet-wide figures and be promoted; a third
 replica started late must replay the past boundaries and land on the same status at once;
-the SPEC's drift query must find no drift.
+the drift query of docs/rollout.md#drift must find no drift.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_replicas_sharing_started_at_and_prometheus_walk_the_steps_together(ramp
     wait_for("the late replica promoted", lambda: status(metrics_urls[2]) == "promoted", timeout=30, interval=0.5)
     assert re.search(r"rollout verdict", late.stderr_tail(200)), "the replayed verdicts are logged"
 
-    # SPEC's drift query: no route with more than one distinct step across the fleet.
+    # the drift query of docs/rollout.md#drift: no route with more than one distinct step across the fleet.
     def no_drift() -> bool:
         r = requests.get(
             f"{prom}/api/v1/query",

@@ -1,4 +1,4 @@
-//! The admin API (SPEC section 5), served on `admin_listen` when it is set:
+//! The admin API (docs/admin.md), served on `admin_listen` when it is set:
 //!
 //! | method and path                       | role     | effect                                   |
 //! |---------------------------------------|----------|------------------------------------------|
@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
-/// Largest request body accepted (SPEC section 5).
+/// Largest request body accepted (docs/admin.md).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest `reason`, in characters.
 pub const MAX_REASON_CHARS: usize = 1024;

@@ -1,4 +1,4 @@
-//! The audit log (SPEC section 6): `state_dir/audit.jsonl`, append-only JSON lines joined by
+//! The audit log (docs/audit.md): `state_dir/audit.jsonl`, append-only JSON lines joined by
 //! a SHA-256 hash chain, so that who did what, when and why can be shown later and any
 //! edited, removed or reordered line is found by [`verify`].
 //!
@@ -99,7 +99,7 @@ impl NewEntry {
     }
 }
 
-/// E as serialized: the struct's field order is the member order SPEC section 6 fixes.
+/// E as serialized: the struct's field order is the member order docs/audit.md fixes.
 #[derive(Serialize)]
 struct EntryBody<'a> {
     seq: u64,
@@ -126,7 +126,7 @@ pub struct Written {
 }
 
 /// Encodes `entry` as line number `seq` after `prev_hash` at `ts`: returns (H, line without
-/// `\n`). Public so the format can be checked against SPEC's vector byte for byte.
+/// `\n`). Public so the format can be checked against the verification vector (docs/audit.md#verification-vector) byte for byte.
 pub fn encode_line(
     seq: u64,
     ts: &str,
@@ -587,7 +587,7 @@ impl VerifyError {
     }
 }
 
-/// Verifies the audit log at `path` (SPEC section 6): every line's hash, `seq` and
+/// Verifies the audit log at `path` (docs/audit.md): every line's hash, `seq` and
 /// `prev_hash`; with `head`, also that some entry has that hash (lines cut from the end).
 pub fn verify(path: &Path, head: Option<&str>) -> Result<VerifyReport, VerifyError> {
     let bytes = std::fs::read(path).map_err(|e| VerifyError::Read {
@@ -671,7 +671,7 @@ pub fn verify_bytes(bytes: &[u8], head: Option<&str>) -> Result<VerifyReport, Ve
     })
 }
 
-/// Writes an audit entry to the process log as well (SPEC section 6: every entry is also
+/// Writes an audit entry to the process log as well (docs/audit.md: every entry is also
 /// logged), under the `rampart::audit` target.
 pub fn log_entry(entry: &NewEntry) {
     tracing::info!(
@@ -695,7 +695,7 @@ mod tests {
 
     const SPEC_VECTOR: &str = r#"{"seq":1,"ts":"2026-03-01T10:00:00.000Z","actor":"system","action":"config.applied","detail":{"sha256":"09bfcc6a14b83e2192b8673677725c84883ee9cd0c70e45c9ec09daa8f2b2847"},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"25e923b60c82c0bc79e6812ed4220c149603d3a0467aa7a167445e7f276d762b"}"#;
 
-    fn spec_time() -> SystemTime {
+    fn vector_time() -> SystemTime {
         // 2026-03-01T10:00:00Z
         UNIX_EPOCH + Duration::from_secs(1_772_359_200)
     }
@@ -724,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_vector_line_verifies() {
+    fn verification_vector_line_verifies() {
         let report = verify_bytes(format!("{SPEC_VECTOR}\n").as_bytes(), None).unwrap();
         assert_eq!(report.entries, 1);
         assert_eq!(
@@ -734,8 +734,8 @@ mod tests {
     }
 
     #[test]
-    fn writer_encodes_the_spec_vector_byte_for_byte() {
-        let ts = humantime::format_rfc3339_millis(spec_time()).to_string();
+    fn writer_encodes_the_verification_vector_byte_for_byte() {
+        let ts = humantime::format_rfc3339_millis(vector_time()).to_string();
         assert_eq!(ts, "2026-03-01T10:00:00.000Z");
         let e = NewEntry::new(
             "system",
@@ -769,7 +769,7 @@ mod tests {
     }
 
     fn write_log(dir: &Path, n: u32) -> PathBuf {
-        let clock = Arc::new(ManualClock::new(spec_time()));
+        let clock = Arc::new(ManualClock::new(vector_time()));
         let log = AuditLog::open_in(dir, clock).unwrap();
         for i in 0..n {
             log.append(&entry(i)).unwrap();
@@ -897,7 +897,7 @@ mod tests {
     #[test]
     fn concurrent_appends_never_interleave_or_break_the_chain() {
         let dir = temp_dir("concurrent");
-        let clock = Arc::new(ManualClock::new(spec_time()));
+        let clock = Arc::new(ManualClock::new(vector_time()));
         let log = Arc::new(AuditLog::open_in(&dir, clock).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -919,7 +919,7 @@ mod tests {
     #[test]
     fn tail_returns_the_last_entries_oldest_first() {
         let dir = temp_dir("tail");
-        let clock = Arc::new(ManualClock::new(spec_time()));
+        let clock = Arc::new(ManualClock::new(vector_time()));
         let log = AuditLog::open_in(&dir, clock).unwrap();
         for i in 0..10 {
             log.append(&entry(i)).unwrap();

@@ -1,4 +1,4 @@
-//! Admin bearer tokens (SPEC section 5): the `admin_tokens_file` lists `{name, role,
+//! Admin bearer tokens (docs/admin.md): the `admin_tokens_file` lists `{name, role,
 //! sha256}`; a presented token is hashed and compared with every entry in constant time, so
 //! neither the tokens nor which entry matched leak through timing, and the file holds no
 //! secret worth stealing.
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-/// Shortest token accepted when presented: SPEC asks for at least 32 random bytes, and a
+/// Shortest token accepted when presented: docs/admin.md#tokens-and-roles asks for at least 32 random bytes, and a
 /// shorter one is refused even if its hash is listed, so a weak token cannot be used.
 pub const MIN_TOKEN_LEN: usize = 32;
 

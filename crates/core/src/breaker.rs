@@ -1,4 +1,4 @@
-//! The circuit breaker of one (route, non-stable backend) (SPEC sections 2 and 4).
+//! The circuit breaker of one (route, non-stable backend) (docs/breaker.md).
 //!
 //! Closed: outcomes go into a sliding window kept in ten slices of `window / 10`. It opens
 //! when `consecutive_errors` errors come in a row, or when the window holds at least

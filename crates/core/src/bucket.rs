@@ -1,4 +1,4 @@
-//! Bucketing, the promise Rampart makes to applications (SPEC section 3).
+//! Bucketing, the promise Rampart makes to applications (docs/routing.md#bucketing).
 //!
 //! `bucket = murmur3_x86_32(salt ":" identity, seed 0) % 10000`. Applications that want to
 //! know which variant a user sees compute the same number, so nothing here may change
@@ -12,7 +12,7 @@ pub const BUCKETS: u16 = 10_000;
 /// A bucket number in `0..10000`.
 pub type Bucket = u16;
 
-/// The murmur3 x86 32-bit hash of `bytes` with seed 0, as SPEC section 3 defines it.
+/// The murmur3 x86 32-bit hash of `bytes` with seed 0, as docs/routing.md#bucketing defines it.
 pub fn murmur3_x86_32(bytes: &[u8]) -> u32 {
     hash_reader(&mut &bytes[..])
 }
@@ -115,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn golden_buckets_from_spec_hold() {
+    fn golden_buckets_from_the_docs_hold() {
         assert_eq!(bucket_of("checkout", "alice"), 3009);
         assert_eq!(bucket_of("checkout", "bob"), 6439);
         assert_eq!(bucket_of("cart", "alice"), 8814);

@@ -1,4 +1,4 @@
-//! Where a request on a matched route goes, and why (SPEC section 3).
+//! Where a request on a matched route goes, and why (docs/routing.md#decision-order).
 //!
 //! First a candidate: force header -> identity allowlist -> header overrides -> split by
 //! bucket. Then, for a candidate that is not the route's stable backend, the gates in order:

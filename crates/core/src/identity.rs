@@ -1,4 +1,4 @@
-//! Who is asking: the identity a request is bucketed by (SPEC section 3).
+//! Who is asking: the identity a request is bucketed by (docs/routing.md#identity).
 //!
 //! Sources are tried in the route's order and the first present one wins. Header values are
 //! their first value trimmed (empty = absent), cookies their raw value, and `client_ip` the

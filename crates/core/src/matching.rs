@@ -1,4 +1,4 @@
-//! Which route a request belongs to: first match in file order (SPEC section 2, `match`).
+//! Which route a request belongs to: first match in file order (docs/routing.md#matching).
 
 use crate::config::{Config, RouteMatch};
 

@@ -1,4 +1,4 @@
-//! The progressive rollout of a canary route's first split entry (SPEC sections 2 and 9).
+//! The progressive rollout of a canary route's first split entry (docs/rollout.md).
 //!
 //! The rollout walks `steps`. A step lasts at least `step_interval`; at its boundary a
 //! verdict compares the canary with `stable` over that step: pass -> next step (the last

@@ -1,7 +1,7 @@
 //! Watches the raw HTTP/1.1 request stream of one connection for requests that carry both
 //! `Content-Length` and `Transfer-Encoding`, which hyper accepts but hides from the handler.
 //!
-//! The SPEC refuses such requests with 400 before any upstream sees them. hyper's h1 server
+//! Rampart refuses such requests (docs/proxying.md#malformed-requests) with 400 before any upstream sees them. hyper's h1 server
 //! drops the `Content-Length` (and only turns keep-alive off), so by the time a request
 //! reaches the handler nothing shows it was ambiguous. [`InspectedIo`] sits between the
 //! socket (or the plaintext side of TLS) and hyper, follows request framing on the bytes hyper

@@ -1,4 +1,4 @@
-//! Header rewriting between client and upstream (SPEC section 4): hop-by-hop headers
+//! Header rewriting between client and upstream (docs/proxying.md): hop-by-hop headers
 //! dropped per RFC 9110 section 7.6.1, forwarding headers set, Rampart's own headers
 //! stripped from the client and set for the upstream.
 

@@ -1,4 +1,4 @@
-//! Active health checks (SPEC section 2, `health_check`): one task per upstream that has a
+//! Active health checks (docs/config.md, `health_check`): one task per upstream that has a
 //! check, probing `GET path` every `interval`. `unhealthy_after` failures in a row mark it
 //! unhealthy, `healthy_after` successes in a row healthy again. An unhealthy non-stable
 //! backend gets 0 % (the decision's health gate); a stable backend keeps its traffic, since

@@ -1,4 +1,4 @@
-//! Every Prometheus metric Rampart exports (SPEC section 7), registered once into the
+//! Every Prometheus metric Rampart exports (docs/metrics.md), registered once into the
 //! registry the runtime passes in. The request path never looks a label up: it uses handles
 //! resolved per config in [`crate::snapshot`].
 

@@ -44,7 +44,7 @@ impl BackendSlot {
     }
 }
 
-/// The whole validated config (SPEC section 2).
+/// The whole validated config (docs/config.md).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Schema version; only 1 exists.
@@ -196,7 +196,7 @@ pub enum Scheme {
     Https,
 }
 
-/// One upstream (SPEC section 2, `upstreams:`).
+/// One upstream (docs/config.md, `upstreams:`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// The name routes refer to.
@@ -303,7 +303,7 @@ pub enum Fallback {
     Idempotent,
 }
 
-/// One route (SPEC section 2, `routes:`).
+/// One route (docs/config.md, `routes:`).
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Unique name, `[a-z0-9-_]`.
@@ -451,7 +451,7 @@ pub struct HeaderOverride {
     pub backend: BackendSlot,
 }
 
-/// `breaker:` of a route (SPEC section 2).
+/// `breaker:` of a route (docs/config.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Sliding window over which rates and quantiles are computed.
@@ -492,7 +492,7 @@ pub enum OnFailure {
     Pause,
 }
 
-/// `rollout:` of a route (SPEC section 2).
+/// `rollout:` of a route (docs/config.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutConfig {
     /// Percents the first split entry moves through.

@@ -1,6 +1,6 @@
 //! The config file's serde surface: what a user may write, nothing more.
 //!
-//! These structs mirror SPEC section 2 field for field and reject unknown fields. They are
+//! These structs mirror docs/config.md field for field and reject unknown fields. They are
 //! never used to route: [`super::validate`] turns them into [`super::Config`]. Fields that
 //! need a semantic check keep their source position ([`Spanned`]) so the check can point at
 //! the line and column.

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// A share of buckets, kept as hundredths of a percent (= buckets out of 10,000).
 ///
 /// Parsed from the YAML scalar's decimal text, never through float arithmetic, so
-/// `0.29` is exactly 29 buckets (SPEC section 3).
+/// `0.29` is exactly 29 buckets (docs/routing.md#bucketing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Percent(u16);
 
