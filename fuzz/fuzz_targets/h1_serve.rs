@@ -1,0 +1,7 @@
+//! libFuzzer entry for the `h1_serve` checks in `rampart_fuzz::h1`
+//! (docs/fuzzing.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    rampart_fuzz::h1::serve(data);
+});
