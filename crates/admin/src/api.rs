@@ -769,20 +769,7 @@ mod tests {
 
     impl AdminControl for Fake {
         fn status(&self) -> crate::status::Status {
-            crate::status::Status {
-                config: crate::status::ConfigStatus {
-                    schema: 1,
-                    sha256: "0".repeat(64),
-                    source: None,
-                    file: "rampart.yaml".into(),
-                    previous: None,
-                    pinned: None,
-                    last_reload: None,
-                },
-                routes: Vec::new(),
-                upstreams: Vec::new(),
-                dormant_admin_kills: Default::default(),
-            }
+            crate::status::Status::default()
         }
         fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError> {
             if route != "checkout" {
