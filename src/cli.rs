@@ -80,6 +80,51 @@ pub enum Command {
         #[arg(long, default_value = "0", value_parser = crate::demo_upstream::parse_delay_ms)]
         delay_ms: u64,
     },
+    /// Inject the Rampart sidecar into Kubernetes manifests: YAML in (files or stdin), the
+    /// same objects out on stdout, warnings and skips on stderr (docs/inject.md).
+    Inject {
+        /// The ConfigMap (key rampart.yaml) for pods without a rampart.dev/config annotation.
+        #[arg(long, value_name = "NAME")]
+        config: Option<String>,
+        /// The cluster's Kubernetes version (MAJOR.MINOR); 1.29-1.31 get a plain container
+        /// when a named port is taken over [default: the newest]
+        #[arg(long = "kube-version", value_name = "X.Y", value_parser = parse_kube_version)]
+        kube_version: Option<rampart_inject::KubeVersion>,
+        /// The sidecar's image, unless a pod's rampart.dev/image annotation names one.
+        #[arg(long, default_value = concat!("rampart:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// Manifests to read; `-` or none: stdin.
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// The mutating admission webhook: HTTPS `POST /mutate` (AdmissionReview v1), `GET
+    /// /healthz`, `/readyz`, `/metrics` (docs/inject.md#the-webhook).
+    Injector {
+        /// Address to serve HTTPS on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain (re-read when it changes).
+        #[arg(long = "tls-cert", value_name = "FILE")]
+        tls_cert: PathBuf,
+        /// PEM private key (re-read when it changes).
+        #[arg(long = "tls-key", value_name = "FILE")]
+        tls_key: PathBuf,
+        /// The cluster's Kubernetes version (MAJOR.MINOR) [default: the newest]
+        #[arg(long = "kube-version", value_name = "X.Y", value_parser = parse_kube_version)]
+        kube_version: Option<rampart_inject::KubeVersion>,
+        /// The sidecar's image, unless a pod's rampart.dev/image annotation names one.
+        #[arg(long, default_value = concat!("rampart:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The ConfigMap for pods without a rampart.dev/config annotation (default: none,
+        /// such pods are admitted unchanged).
+        #[arg(long, value_name = "NAME")]
+        config: Option<String>,
+    },
+}
+
+fn parse_kube_version(text: &str) -> Result<rampart_inject::KubeVersion, String> {
+    rampart_inject::KubeVersion::parse(text)
+        .ok_or_else(|| format!("{text:?}: expected MAJOR.MINOR, e.g. 1.30"))
 }
 
 /// `rampart status` arguments.

@@ -35,6 +35,29 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             fail_rate,
             delay_ms,
         } => crate::demo_upstream::run(listen, version_label, fail_rate, delay_ms),
+        Command::Inject {
+            config,
+            kube_version,
+            image,
+            files,
+        } => crate::inject_cmd::run(config, kube_version, image, files),
+        Command::Injector {
+            listen,
+            tls_cert,
+            tls_key,
+            kube_version,
+            image,
+            config,
+        } => crate::injector::run(crate::injector::Settings {
+            listen,
+            tls_cert,
+            tls_key,
+            options: rampart_inject::Options {
+                config,
+                kube_version,
+                image,
+            },
+        }),
     }
 }
 
@@ -209,7 +232,11 @@ fn explain(path: &Path, route: &str, identity: &str, json: bool) -> ExitCode {
     let loaded = match runtime::load(path) {
         Ok(l) => l,
         Err(
-            e @ (LoadError::Invalid { .. } | LoadError::Read { .. } | LoadError::NotUtf8 { .. }),
+            e @ (LoadError::Invalid { .. }
+            | LoadError::Read { .. }
+            | LoadError::NotUtf8 { .. }
+            | LoadError::Env { .. }
+            | LoadError::EnvCollision { .. }),
         ) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_INVALID);

@@ -9,6 +9,8 @@ mod demo;
 mod demo_ramp;
 mod demo_story;
 mod demo_upstream;
+mod inject_cmd;
+mod injector;
 mod logging;
 mod status;
 

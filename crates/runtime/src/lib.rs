@@ -14,7 +14,9 @@
 //!   event sinks, a [`FleetMetrics`] in place of [`Prometheus`]) -> [`Running`];
 //! - [`Runtime::apply`]`(loaded, cause)` and [`Runtime::reload`]`(path, cause)`, each
 //!   ending in one [`ConfigEvent`];
-//! - [`fleet`]: the fleet analysis' queries, shared with `rampart status --prometheus`.
+//! - [`fleet`]: the fleet analysis' queries, shared with `rampart status --prometheus`;
+//! - [`watch`]: the file watcher behind reloads, shared with `rampart injector`'s
+//!   certificate reload.
 //!
 //! Errors are typed ([`LoadError`], [`PrepareError`], [`StartError`], [`ApplyError`],
 //! [`ServeError`]); `anyhow` stays in the binary.
@@ -25,8 +27,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-// The admin API's state and operations, OFREP, rollout persistence and file watching are
-// parts of the wiring `start` builds; nothing outside needs them one by one.
+// The admin API's state and operations, OFREP and rollout persistence are parts of the
+// wiring `start` builds; nothing outside needs them one by one.
 mod admin_control;
 pub mod events;
 pub mod fleet;
@@ -34,7 +36,7 @@ mod ofrep;
 mod rollout_store;
 pub mod runtime;
 mod start;
-mod watch;
+pub mod watch;
 
 pub use events::{Cause, ConfigEvent, ConfigSubscriber};
 pub use fleet::{FleetMetrics, Prometheus};

@@ -38,6 +38,27 @@ pub enum LoadError {
         /// The file.
         path: String,
     },
+    /// A listener override in the environment (docs/inject.md#ports) is not an address.
+    #[error("{var}={value:?}: not a listen address (host:port)")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A listener override in the environment lands on an address another of the config's
+    /// listeners uses (the file's own listeners were checked against each other already).
+    #[error("{var}={value}: collides with {field} {addr}; pick ports that differ (docs/inject.md#ports)")]
+    EnvCollision {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: SocketAddr,
+        /// The config field it collides with.
+        field: &'static str,
+        /// That field's address.
+        addr: SocketAddr,
+    },
     /// The file parsed or validated with errors.
     #[error("{}", .errors.render(.path))]
     Invalid {
@@ -126,10 +147,11 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
         path: display.clone(),
     })?;
-    let config = config::parse(text).map_err(|errors| LoadError::Invalid {
+    let mut config = config::parse(text).map_err(|errors| LoadError::Invalid {
         path: display.clone(),
         errors,
     })?;
+    apply_listen_overrides(&mut config)?;
     Ok(Loaded {
         config,
         source: SnapshotSource {
@@ -138,6 +160,62 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
         },
         bytes,
     })
+}
+
+/// `RAMPART_LISTEN` and `RAMPART_METRICS_LISTEN`, when set, replace the file's `listen` and
+/// `metrics_listen`: the injected sidecar's ports are decided by its pod spec, whatever the
+/// ConfigMap says (docs/inject.md#ports). Applied to every load, so reloads compare like
+/// with like.
+fn apply_listen_overrides(config: &mut Config) -> Result<(), LoadError> {
+    for (var, slot) in [
+        ("RAMPART_LISTEN", &mut config.listen),
+        ("RAMPART_METRICS_LISTEN", &mut config.metrics_listen),
+    ] {
+        if let Some(value) = std::env::var_os(var) {
+            let value = value.to_string_lossy().into_owned();
+            *slot = value
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| LoadError::Env { var, value })?;
+        }
+    }
+    // The same rule validation applies to the file's listeners: same port, and the same
+    // address or either one unspecified.
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let others = [
+        ("listen", Some(config.listen)),
+        ("metrics_listen", Some(config.metrics_listen)),
+        ("admin_listen", config.admin_listen),
+        ("ofrep_listen", config.ofrep_listen),
+    ];
+    for (var, field, value) in [
+        ("RAMPART_LISTEN", "listen", config.listen),
+        (
+            "RAMPART_METRICS_LISTEN",
+            "metrics_listen",
+            config.metrics_listen,
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            continue;
+        }
+        for (other, addr) in others {
+            let Some(addr) = addr else { continue };
+            if other != field && clash(value, addr) {
+                return Err(LoadError::EnvCollision {
+                    var,
+                    value,
+                    field: other,
+                    addr,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a valid config could still not be served: what [`prepare`] found.
