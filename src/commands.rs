@@ -1,11 +1,11 @@
 //! One function per command; each returns the process's exit code (docs/cli.md).
 
 use crate::cli::{Cli, Command};
-use crate::runtime::{self, LoadError, Runtime};
 use rampart_core::decision::{self, NoGates};
+use rampart_runtime::runtime::{self, LoadError};
+use rampart_runtime::{StartError, StartOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Exit code for an invalid config.
@@ -27,7 +27,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Demo { seconds, logs } => crate::demo::run(seconds, logs.as_deref()),
         Command::Audit {
             command: crate::cli::AuditCommand::Verify { file, head },
-        } => crate::admin_control::verify_command(&file, head.as_deref()),
+        } => audit_verify(&file, head.as_deref()),
         Command::Status(args) => crate::status::run(&args),
         Command::DemoUpstream {
             listen,
@@ -92,7 +92,7 @@ pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 fn run(flag: Option<PathBuf>) -> ExitCode {
     let path = config_path(flag);
     let (loaded, started_on_last_good) = match load_and_prepare(&path) {
-        Ok(l) => (l, false),
+        Ok(l) => (l, None),
         Err(e) => {
             eprintln!("{e}");
             // Any failure to apply the file (not only a parse error) starts the last good
@@ -108,7 +108,7 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
                         sha256 = %l.source.sha256,
                         "INVALID CONFIG AT START: serving the last good config from state_dir until the file is fixed"
                     );
-                    (l, true)
+                    (l, Some(e.to_string()))
                 }
                 None => {
                     tracing::error!(error = %e, "invalid config at start and no last good config in state_dir");
@@ -125,58 +125,62 @@ fn run(flag: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let tls = match runtime::tls_setup(&loaded.config) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("rampart: {e}");
-            tracing::error!(error = %e, "cannot load the TLS certificate");
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
     tokio.block_on(async move {
-        let bound = match runtime::bind(&loaded.config, tls).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("rampart: {e}");
-                tracing::error!(error = %e, "listener cannot bind");
-                return ExitCode::from(EXIT_BIND);
-            }
-        };
-        let admin_listener = match crate::admin_control::bind(&loaded.config).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("rampart: {e}");
-                tracing::error!(error = %e, "listener cannot bind");
-                return ExitCode::from(EXIT_BIND);
-            }
-        };
         tracing::info!(file = %path.display(), sha256 = %loaded.source.sha256, threads, "config loaded");
-        let runtime = match Runtime::new(loaded) {
-            Ok(r) => Arc::new(r),
+        let options = StartOptions {
+            config_path: Some(path),
+            started_on_last_good,
+            handle_signals: true,
+            ..StartOptions::default()
+        };
+        let running = match rampart_runtime::start(loaded, options).await {
+            Ok(r) => r,
+            Err(e @ StartError::Tls(_)) => {
+                eprintln!("rampart: {e}");
+                tracing::error!(error = %e, "cannot load the TLS certificate");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            Err(e @ StartError::Bind(_)) => {
+                eprintln!("rampart: {e}");
+                tracing::error!(error = %e, "listener cannot bind");
+                return ExitCode::from(EXIT_BIND);
+            }
             Err(e) => {
-                eprintln!("rampart: {e:#}");
+                eprintln!("rampart: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        if started_on_last_good {
-            runtime.mark_rejected();
-            runtime.set_last_seen(&std::fs::read(&path).unwrap_or_default());
-        }
-        let admin_tls = bound.tls.clone();
-        let admin = admin_listener
-            .map(|l| crate::admin_control::spawn(&runtime, l, path.clone(), admin_tls));
-        let served = runtime::serve(runtime, bound, Some(path)).await;
-        if let Some(admin) = admin {
-            admin.stop().await;
-        }
-        match served {
+        match running.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("rampart: {e:#}");
+                eprintln!("rampart: {e}");
                 ExitCode::FAILURE
             }
         }
     })
+}
+
+/// `rampart audit verify FILE [--head HASH]`: 0 intact, 1 with the first bad line.
+fn audit_verify(file: &Path, head: Option<&str>) -> ExitCode {
+    match rampart_admin::audit::verify(file, head) {
+        Ok(report) => {
+            for line in &report.torn_acknowledged {
+                println!(
+                    "note: {}: line {line}: torn by a crash and acknowledged by the writer",
+                    file.display()
+                );
+            }
+            println!(
+                "ok: {} entries, chain intact; last hash {}",
+                report.entries, report.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Whether `file` sits in a Kubernetes ConfigMap volume (its directory has `..data`),

@@ -3,7 +3,7 @@
 //! them with a 20 % canary split, and a traffic generator of many distinct identities,
 //! with a live summary once a second.
 
-use crate::runtime::{Loaded, Runtime};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rampart_proxy::SnapshotSource;
+use rampart_runtime::{Runtime, StartOptions};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,49 +93,54 @@ pub(crate) struct Embedded {
     pub proxy_addr: SocketAddr,
     /// The metrics address.
     pub metrics_addr: SocketAddr,
-    /// Send `true` to stop its listeners.
-    pub stop_tx: tokio::sync::watch::Sender<bool>,
-    /// Resolves once `stop_tx` says stop (for the act's own tasks).
-    pub stop_rx: tokio::sync::watch::Receiver<bool>,
+    /// Stops it at the end of the act.
+    pub stop: Stop,
 }
 
-/// Parses `text` (listeners on port 0), binds, and serves the data plane and metrics.
+/// Stops an act's proxy at once (no drain: nobody else sends it traffic) and removes its
+/// config file.
+pub(crate) struct Stop {
+    running: rampart_runtime::Running,
+    file: PathBuf,
+}
+
+impl Stop {
+    /// Stops the proxy, waits for it, and removes the act's config file (and the demo's
+    /// directory once it is empty).
+    pub(crate) async fn now(self) {
+        if let Err(e) = self.running.stop_now().await {
+            tracing::error!(error = %e, "the demo's proxy did not stop cleanly");
+        }
+        let _ = std::fs::remove_file(&self.file);
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Writes `text` (listeners on port 0) to `name` in a directory of its own and starts it
+/// the way `rampart run` starts a file: loaded from the file, then through the same library
+/// entry point ([`rampart_runtime::start`]: health checks, rollout ticker, fleet analysis,
+/// admin state, and the file watched and re-read, so an edit during the demo reloads it).
+/// Only the signal handlers are left out: Ctrl-C ends the demo, not a drain.
 pub(crate) async fn start_embedded(text: &str, name: &str) -> anyhow::Result<Embedded> {
-    let config = rampart_core::config::parse(text).map_err(|e| anyhow::anyhow!(e.render(name)))?;
-    let bound = crate::runtime::bind(&config, (None, None)).await?;
-    let proxy_addr = bound.proxy.local_addr()?;
-    let metrics_addr = bound.metrics.local_addr()?;
-    let runtime = Arc::new(Runtime::new(Loaded {
-        source: SnapshotSource {
-            sha256: rampart_core::config::sha256_hex(text.as_bytes()),
-            path: None,
-        },
-        bytes: text.as_bytes().to_vec(),
-        config,
-    })?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let dir = std::env::temp_dir().join(format!("rampart-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the demo's directory {}", dir.display()))?;
+    let file = dir.join(name);
+    std::fs::write(&file, text)
+        .with_context(|| format!("writing the demo's config {}", file.display()))?;
+    let loaded = rampart_runtime::load(&file)?;
+    let options = StartOptions {
+        config_path: Some(file.clone()),
+        ..StartOptions::default()
     };
-    tokio::spawn(rampart_proxy::server::serve(
-        bound.proxy,
-        Arc::clone(&runtime.state),
-        None,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(rampart_admin::metrics_server::serve(
-        bound.metrics,
-        runtime.registry.clone(),
-        Arc::clone(&runtime.readiness),
-        stopped(stop_rx.clone()),
-    ));
-    runtime.readiness.set(true);
+    let running = rampart_runtime::start(loaded, options).await?;
     Ok(Embedded {
-        runtime,
-        proxy_addr,
-        metrics_addr,
-        stop_tx,
-        stop_rx,
+        runtime: Arc::clone(running.runtime()),
+        proxy_addr: running.proxy_addr(),
+        metrics_addr: running.metrics_addr(),
+        stop: Stop { running, file },
     })
 }
 
@@ -228,7 +233,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         runtime,
         proxy_addr,
         metrics_addr,
-        stop_tx,
+        stop,
         ..
     } = start_embedded(&text, "demo.yaml").await?;
 
@@ -350,7 +355,7 @@ async fn demo(length: Duration) -> anyhow::Result<()> {
         100.0 * c as f64 / total as f64,
         e
     );
-    let _ = stop_tx.send(true);
+    stop.now().await;
     crate::demo_ramp::ramp_act(
         "Act 2: a progressive rollout, 5 -> 25 -> 50 -> 100 %, 2 s steps; the canary stays healthy,\n       so each step's verdict passes and the last one promotes it",
         None,

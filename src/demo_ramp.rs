@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use rampart_core::rollout::RolloutStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const RAMP_CONFIG: &str = r#"version: 1
 listen: 127.0.0.1:0
@@ -58,22 +58,10 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
     let crate::demo::Embedded {
         runtime,
         proxy_addr,
-        stop_tx,
-        stop_rx,
+        stop,
         ..
     } = crate::demo::start_embedded(&text, "ramp.yaml").await?;
-    // The rollout engine's ticker, as `rampart run` has it.
-    let ticker_state = Arc::clone(&runtime.state);
-    let mut ticker_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => { ticker_state.tick_rollouts(SystemTime::now()); }
-                _ = ticker_stop.wait_for(|s| *s) => return,
-            }
-        }
-    });
+    // The rollout engine's ticker runs in the runtime, as in `rampart run`.
 
     let started = Instant::now();
     let story = crate::demo_story::Story::subscribe(&runtime.state, started);
@@ -216,6 +204,6 @@ pub async fn ramp_act(title: &str, degrade_at: Option<u16>) -> anyhow::Result<()
             state.step + 1
         );
     }
-    let _ = stop_tx.send(true);
+    stop.now().await;
     Ok(())
 }

@@ -150,7 +150,7 @@ async fn serve(settings: Settings) -> ExitCode {
         }
     };
     let watched_cert = Arc::clone(&cert);
-    let _watcher = crate::watch::spawn(
+    let _watcher = rampart_runtime::watch::spawn(
         "tls certificate",
         &[&settings.tls_cert, &settings.tls_key],
         move || reload_cert(&watched_cert),

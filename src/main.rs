@@ -3,22 +3,16 @@
 
 #![forbid(unsafe_code)]
 
-mod admin_control;
 mod cli;
 mod commands;
 mod demo;
 mod demo_ramp;
 mod demo_story;
 mod demo_upstream;
-mod fleet;
 mod inject_cmd;
 mod injector;
 mod logging;
-mod ofrep;
-mod rollout_store;
-mod runtime;
 mod status;
-mod watch;
 
 use std::process::ExitCode;
 

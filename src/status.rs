@@ -11,7 +11,6 @@
 //! `--json` prints the data itself. Every failure is one line naming what to check, exit 1.
 
 use crate::cli::StatusArgs;
-use crate::fleet::{self, FleetError, PromClient, Sample};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -19,6 +18,7 @@ use rampart_admin::status::{
     BackendStatus, BreakerState, BreakerStatus, KillSource, RolloutPhase, RolloutStatus,
     RouteStatus, SideFigures, Status,
 };
+use rampart_runtime::fleet::{self, FleetError, PromClient, Sample};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -54,8 +54,8 @@ impl Recorder {
 }
 
 impl AdminControl for Recorder {
-    fn status(&self) -> Value {
-        json!({})
+    fn status(&self) -> rampart_admin::status::Status {
+        rampart_admin::status::Status::default()
     }
     fn explain(&self, _route: &str, _identity: &str) -> Result<Value, ControlError> {
         Ok(json!({}))

@@ -18,9 +18,9 @@
 //!   Rampart reason are those `ProxyState::decide_request` gives a plain HTTP request with
 //!   the same headers and the targeting key as its identity header.
 //!
-//! The evaluator is the binary's `LiveEvaluator` (src/ofrep.rs, private to the binary),
-//! rewritten over the same public calls: identity from the targeting key, else from the
-//! route's sources, then `decide_on_route` peeking. Keep the two in step.
+//! The evaluator is the runtime's `LiveEvaluator` (crates/runtime/src/ofrep.rs, private to
+//! that crate), rewritten over the same public calls: identity from the targeting key, else
+//! from the route's sources, then `decide_on_route` peeking. Keep the two in step.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ETAG, IF_NONE_MATCH};
@@ -94,7 +94,7 @@ routes:
       - {backend: canary, percent: 50}
 "#;
 
-/// The binary's `LiveEvaluator` over a fixed state.
+/// The runtime's `LiveEvaluator` over a fixed state.
 struct Live {
     state: Arc<ProxyState>,
 }

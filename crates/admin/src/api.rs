@@ -17,7 +17,7 @@
 //! into one `admin.refusals_summarized` entry so anonymous callers cannot flood the log.
 //! GETs are not audited.
 //!
-//! The API knows nothing of the binary: the operations go through [`AdminControl`].
+//! The API knows nothing of the runtime: the operations go through [`AdminControl`].
 
 use crate::audit::{AuditLog, NewEntry};
 use crate::tokens::{Authn, Role, TokenStore};
@@ -89,11 +89,12 @@ pub struct Caller {
     pub reason: String,
 }
 
-/// The operations behind the admin API, implemented by the binary over its runtime. The
+/// The operations behind the admin API, implemented by `crates/runtime` over its state. The
 /// mutating ones may block (they persist state), so the API calls them on a blocking thread.
 pub trait AdminControl: Send + Sync + 'static {
-    /// The `GET /v1/status` object.
-    fn status(&self) -> Value;
+    /// The `GET /v1/status` document, typed so that `rampart status` reads it back with the
+    /// same structs ([`crate::status::Status`]).
+    fn status(&self) -> crate::status::Status;
     /// Where `identity` goes on `route` now: `{route, bucket, backend, reason}`.
     fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError>;
     /// Kills `route` on this replica (every non-stable backend to 0 %) until unkill.
@@ -382,7 +383,13 @@ impl AdminApi {
 
     async fn read(&self, endpoint: Endpoint, query: Option<&str>) -> Answer {
         match endpoint {
-            Endpoint::Status => json_response(StatusCode::OK, &self.control.status()),
+            Endpoint::Status => match serde_json::to_value(self.control.status()) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode the status: {e}"),
+                ),
+            },
             Endpoint::Explain => {
                 let route = query_param(query, "route").filter(|r| !r.is_empty());
                 let identity = query_param(query, "identity");
@@ -761,8 +768,8 @@ mod tests {
     }
 
     impl AdminControl for Fake {
-        fn status(&self) -> Value {
-            json!({"routes": []})
+        fn status(&self) -> crate::status::Status {
+            crate::status::Status::default()
         }
         fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError> {
             if route != "checkout" {

@@ -4,8 +4,8 @@
 //! The metrics listener is read-only and unauthenticated by design (docs/config.md): it
 //! exposes nothing but what Prometheus and the kubelet need. The admin API changes what
 //! this replica does, so every call is authenticated, authorised by role and audited; it
-//! reaches the running proxy only through the [`api::AdminControl`] trait the binary
-//! implements.
+//! reaches the running proxy only through the [`api::AdminControl`] trait the control
+//! plane (`crates/runtime`) implements.
 
 #![forbid(unsafe_code)]
 

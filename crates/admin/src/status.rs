@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One replica's state as the admin API shows it: the applied config, every route with its
-/// splits, breakers, kills and rollout, and every upstream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// splits, breakers, kills and rollout, and every upstream. `Default` is an empty document,
+/// for stand-ins of [`crate::api::AdminControl`] in tests and fuzz targets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The config being served and its history.
     pub config: ConfigStatus,
@@ -45,7 +46,7 @@ pub struct Override {
 }
 
 /// The applied config: what is served, from where, what came before, and the last reload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigStatus {
     /// The config's `version` (its schema).
     pub schema: u32,

@@ -1,5 +1,5 @@
 //! Injected time. The breaker and rollout read `now` from a [`Clock`] so their tests advance
-//! a [`ManualClock`] instead of sleeping, and the binary passes [`SystemClock`].
+//! a [`ManualClock`] instead of sleeping, and the runtime passes [`SystemClock`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};

@@ -9,7 +9,7 @@
 //! rollout block changes or an operator resumes.
 //!
 //! Everything here is pure: the caller passes wall-clock `now` and the step's figures, and
-//! persists [`RolloutState`] (it is serde-free plain data the binary stores as JSON).
+//! persists [`RolloutState`] (it is serde-free plain data the runtime stores as JSON).
 
 use crate::config::{OnFailure, Percent, RolloutConfig};
 use std::sync::atomic::{AtomicU64, Ordering};

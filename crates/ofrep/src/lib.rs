@@ -3,7 +3,7 @@
 //!
 //! This crate is the HTTP surface only: it parses requests ([`context`]), shapes answers
 //! and errors as the OFREP OpenAPI document does ([`answer`]), computes bulk ETags and
-//! serves the listener ([`server`]). The decision itself comes from the binary through the
+//! serves the listener ([`server`]). The decision itself comes from the runtime through the
 //! [`Evaluator`] trait, over the live snapshot, so there is one evaluator for traffic and
 //! for flags.
 
@@ -55,7 +55,7 @@ pub struct Bulk {
     pub version: String,
 }
 
-/// The decision behind the endpoint, implemented by the binary over its live state.
+/// The decision behind the endpoint, implemented by `crates/runtime` over its live state.
 ///
 /// Both methods must not change what they read: no breaker probe slot is taken, no
 /// bulkhead permit, nothing counted as traffic.

@@ -301,7 +301,7 @@ impl Ofrep {
 }
 
 /// Serves `ofrep` on `listener` until `stop` resolves. `tls`, when given, wraps every
-/// connection (the binary passes it for a listener off loopback).
+/// connection (the runtime passes it for a listener off loopback).
 pub async fn serve(
     listener: TcpListener,
     ofrep: Arc<Ofrep>,

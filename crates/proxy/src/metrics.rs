@@ -1,5 +1,5 @@
 //! Every Prometheus metric Rampart exports (docs/metrics.md), registered once into the
-//! registry the binary passes in. The request path never looks a label up: it uses handles
+//! registry the runtime passes in. The request path never looks a label up: it uses handles
 //! resolved per config in [`crate::snapshot`].
 
 use prometheus::{

@@ -1,6 +1,6 @@
 //! What the data plane publishes about its state: breaker transitions (log, metrics,
 //! events), the effective split of each route (`rampart_split_ratio`), rollout gauges, and
-//! the [`ProxyEvent`]s the binary turns into audit entries.
+//! the [`ProxyEvent`]s the runtime turns into audit entries.
 
 use crate::handler::ProxyState;
 use crate::snapshot::Snapshot;
@@ -30,7 +30,7 @@ pub enum ProxyEvent {
     },
 }
 
-/// Receives [`ProxyEvent`]s (the binary writes them to the audit log).
+/// Receives [`ProxyEvent`]s (the runtime writes them to the audit log).
 pub type EventSink = Arc<dyn Fn(&ProxyEvent) + Send + Sync>;
 
 impl ProxyState {

@@ -108,3 +108,19 @@ pub fn save(state_dir: &Path, states: &[(String, RolloutState)]) -> std::io::Res
     file.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(FILE))
 }
+
+/// Writes every rollout's state of the serving snapshot to `state_dir`, if there is one
+/// (after verdicts and operator actions); a failure is logged, the rollout goes on.
+pub fn persist(state: &rampart_proxy::handler::ProxyState, state_dir: Option<&Path>) {
+    let Some(dir) = state_dir else { return };
+    let snapshot = state.snapshot.load();
+    let states: Vec<_> = snapshot
+        .routes
+        .iter()
+        .filter_map(|rt| rt.rollout.as_ref())
+        .filter_map(|r| r.snapshot().map(|(state, _)| (r.route.clone(), state)))
+        .collect();
+    if let Err(e) = save(dir, &states) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot keep rollout state in state_dir");
+    }
+}

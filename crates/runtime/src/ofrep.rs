@@ -200,7 +200,7 @@ pub fn spawn(
     runtime: &Runtime,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> anyhow::Result<OfrepServer> {
+) -> Result<OfrepServer, prometheus::Error> {
     let metrics = OfrepMetrics::new(&runtime.registry)?;
     let evaluator = Arc::new(LiveEvaluator {
         state: Arc::clone(&runtime.state),

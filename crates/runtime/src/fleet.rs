@@ -1,23 +1,30 @@
-//! Fleet-wide rollout analysis (SPEC section 9): with `rollout.prometheus`, the verdict at
-//! boundary t_k comes from instant queries pinned to `time = t_k` over the step, summed over
-//! `selector` across the whole fleet, evaluated at t_k + delay. The same query at the same
+//! Fleet-wide rollout analysis (docs/rollout.md#fleet-wide-analysis): with
+//! `rollout.prometheus`, the verdict at boundary t_k comes from instant queries pinned to
+//! `time = t_k` over the step, summed over `selector` across the whole fleet, evaluated at
+//! t_k + delay. The same query at the same
 //! time gives every replica the same numbers, hence the same verdict; a replica that starts
 //! late replays the past boundaries one by one and lands on the same step.
 //!
 //! NaN or empty answers are data (too little traffic: inconclusive, the next boundary
 //! judges again). An unreachable Prometheus is not: the same boundary is queried again a
 //! few seconds later, so no replica moves past a boundary the others judged differently.
+//!
+//! The queries go through [`FleetMetrics`], so a test can answer them instead of a real
+//! Prometheus; [`Prometheus`] is the real one.
 
-use crate::runtime::Runtime;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use rampart_core::rollout::{SideFigures, StepFigures};
-use rampart_proxy::rollout::FleetQuery;
+use rampart_core::rollout::{RolloutEvent, SideFigures, StepFigures};
+use rampart_proxy::handler::ProxyState;
+use rampart_proxy::rollout::{FleetQuery, RolloutRuntime};
 use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,11 +48,56 @@ pub enum FleetError {
 /// `rampart status`).
 pub type PromClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-fn client() -> Option<PromClient> {
-    client_with(None).ok()
+/// What a [`FleetMetrics`] query resolves to: the value, `None` for an empty vector.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<Option<f64>, FleetError>> + Send + 'a>>;
+
+/// Answers the fleet's instant queries: Prometheus in production, canned answers in tests
+/// (so a fleet verdict can be tested without a Prometheus). A trait object, so that
+/// [`crate::StartOptions::fleet_metrics`] can carry one.
+pub trait FleetMetrics: Send + Sync + 'static {
+    /// One instant query against the Prometheus at `base`, evaluated at `at`: the first
+    /// sample's value (NaN included, as Prometheus sends it), `None` for an empty vector.
+    fn instant<'a>(&'a self, base: &'a str, query: &'a str, at: SystemTime) -> Answer<'a>;
 }
 
-/// The client, trusting the system roots plus `ca_file` (a private CA) if given.
+/// The real [`FleetMetrics`]: HTTP instant queries to Prometheus' `/api/v1/query`.
+#[derive(Clone)]
+pub struct Prometheus {
+    client: Option<PromClient>,
+}
+
+impl Prometheus {
+    /// Trusting the system roots; without a TLS config every query is unreachable.
+    pub fn new() -> Prometheus {
+        let client = client_with(None);
+        if let Err(e) = &client {
+            tracing::error!(error = %e, "cannot build the Prometheus client; fleet rollouts will not advance");
+        }
+        Prometheus {
+            client: client.ok(),
+        }
+    }
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus::new()
+    }
+}
+
+impl FleetMetrics for Prometheus {
+    fn instant<'a>(&'a self, base: &'a str, query: &'a str, at: SystemTime) -> Answer<'a> {
+        Box::pin(async move {
+            let Some(client) = &self.client else {
+                return Err(FleetError::Unreachable("no HTTP client".into()));
+            };
+            instant(client, base, query, at).await
+        })
+    }
+}
+
+/// The client, trusting the system roots plus `ca_file` (a private CA) if given. Public so
+/// that `rampart status --prometheus` reads the fleet with the client the replicas use.
 pub fn client_with(
     ca_file: Option<&std::path::Path>,
 ) -> Result<PromClient, rampart_proxy::tls::TlsError> {
@@ -67,7 +119,8 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block.
+/// `{a="b", c="d"}` plus Rampart's own matchers, as one label matcher block. Public so that
+/// `rampart status --prometheus` selects series exactly as the fleet analysis does.
 pub fn matchers(selector: &str, extra: &[(&str, &str)]) -> String {
     let inner = selector
         .trim()
@@ -100,7 +153,8 @@ async fn instant(
         .map(|s| s.value))
 }
 
-/// One instant query at `at`: every sample of the answer, with its labels.
+/// One instant query at `at`: every sample of the answer, with its labels (what `rampart
+/// status --prometheus` needs; the analysis itself needs only the first value).
 pub async fn instant_vector(
     client: &PromClient,
     base: &str,
@@ -167,7 +221,7 @@ fn count(v: Option<f64>) -> u64 {
 }
 
 async fn side(
-    client: &PromClient,
+    client: &dyn FleetMetrics,
     q: &FleetQuery,
     selector: &[(&str, &str)],
 ) -> Result<SideFigures, FleetError> {
@@ -177,22 +231,22 @@ async fn side(
     let mut with_error = selector.to_vec();
     with_error.push(("outcome", "error"));
     let sel_err = matchers(&q.source.selector, &with_error);
-    let requests = instant(
-        client,
-        base,
-        &format!("sum(increase(rampart_upstream_attempts_total{sel}[{window}]))"),
-        q.boundary,
-    )
-    .await?;
-    let errors = instant(
-        client,
-        base,
-        &format!("sum(increase(rampart_upstream_attempts_total{sel_err}[{window}]))"),
-        q.boundary,
-    )
-    .await?;
-    let p99 = instant(
-        client,
+    let requests = client
+        .instant(
+            base,
+            &format!("sum(increase(rampart_upstream_attempts_total{sel}[{window}]))"),
+            q.boundary,
+        )
+        .await?;
+    let errors = client
+        .instant(
+            base,
+            &format!("sum(increase(rampart_upstream_attempts_total{sel_err}[{window}]))"),
+            q.boundary,
+        )
+        .await?;
+    let p99 = client
+        .instant(
         base,
         &format!("histogram_quantile(0.99, sum by (le) (increase(rampart_request_duration_seconds_bucket{sel}[{window}])))"),
         q.boundary,
@@ -208,8 +262,8 @@ async fn side(
 }
 
 /// The fleet's figures for one route's step ending at `q.boundary`.
-pub async fn step_figures(
-    client_: &PromClient,
+async fn step_figures(
+    client_: &dyn FleetMetrics,
     q: &FleetQuery,
     route: &str,
     canary: &str,
@@ -218,19 +272,19 @@ pub async fn step_figures(
     let canary_side = side(client_, q, &[("route", route), ("backend", canary)]).await?;
     let stable_side = side(client_, q, &[("route", route), ("backend", stable)]).await?;
     let window = format!("{}s", q.window.as_secs().max(1));
-    let opened = instant(
-        client_,
-        &q.source.url,
-        &format!(
-            "sum(increase(rampart_breaker_transitions_total{}[{window}]))",
-            matchers(
-                &q.source.selector,
-                &[("route", route), ("backend", canary), ("to", "open")]
-            )
-        ),
-        q.boundary,
-    )
-    .await?;
+    let opened = client_
+        .instant(
+            &q.source.url,
+            &format!(
+                "sum(increase(rampart_breaker_transitions_total{}[{window}]))",
+                matchers(
+                    &q.source.selector,
+                    &[("route", route), ("backend", canary), ("to", "open")]
+                )
+            ),
+            q.boundary,
+        )
+        .await?;
     Ok(StepFigures {
         canary: canary_side,
         stable: stable_side,
@@ -238,18 +292,36 @@ pub async fn step_figures(
     })
 }
 
-/// Looks for due fleet verdicts every [`POLL`] and applies them; runs until the process
-/// ends. Cheap when no route has `rollout.prometheus`.
-pub async fn run(runtime: Arc<Runtime>) {
-    let Some(client) = client() else {
-        tracing::error!("cannot build the Prometheus client; fleet rollouts will not advance");
-        return;
-    };
+/// Runs the fleet verdict of `rollout` for `query` (from [`RolloutRuntime::fleet_due`]) at
+/// `now`: queries the figures, then applies them. `Ok(None)` when the boundary is no
+/// longer the pending one; an error when Prometheus gave no answer (the step holds).
+/// Public so a test can judge one boundary with canned answers, without the poll loop.
+pub async fn judge(
+    metrics: &dyn FleetMetrics,
+    rollout: &RolloutRuntime,
+    query: &FleetQuery,
+    canary: &str,
+    stable: &str,
+    now: SystemTime,
+) -> Result<Option<RolloutEvent>, FleetError> {
+    let figures = step_figures(metrics, query, &rollout.route, canary, stable).await?;
+    Ok(rollout.tick_with(now, query, figures))
+}
+
+/// Looks for due fleet verdicts every [`POLL`] and applies them to the serving snapshot of
+/// `state`, keeping rollout progress in `state_dir`; runs until the process ends. Cheap
+/// when no route has `rollout.prometheus`. Started by [`crate::start`].
+pub(crate) async fn run(
+    state: Arc<ProxyState>,
+    state_dir: Option<PathBuf>,
+    metrics: Arc<dyn FleetMetrics>,
+) {
+    let state_dir: Arc<Option<PathBuf>> = Arc::new(state_dir);
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
-        let snapshot = runtime.state.snapshot.load_full();
+        let snapshot = state.snapshot.load_full();
         for (index, rt) in snapshot.routes.iter().enumerate() {
             let Some(rollout) = rt.rollout.clone() else {
                 continue;
@@ -274,21 +346,32 @@ pub async fn run(runtime: Arc<Runtime>) {
                     continue;
                 }
             }
-            let (client, runtime, in_flight) =
-                (client.clone(), Arc::clone(&runtime), Arc::clone(&in_flight));
+            let (metrics, state, state_dir, in_flight) = (
+                Arc::clone(&metrics),
+                Arc::clone(&state),
+                Arc::clone(&state_dir),
+                Arc::clone(&in_flight),
+            );
             tokio::spawn(async move {
-                match step_figures(&client, &query, &name, &canary, &stable).await {
-                    Ok(figures) => {
-                        if let Some(event) = rollout.tick_with(SystemTime::now(), &query, figures) {
-                            let snapshot = runtime.state.snapshot.load_full();
-                            if let Some(i) =
-                                snapshot.config.routes.iter().position(|r| r.name == name)
-                            {
-                                runtime.state.report_rollout(&snapshot, i, event);
-                            }
-                            runtime.persist_rollouts();
+                match judge(
+                    metrics.as_ref(),
+                    &rollout,
+                    &query,
+                    &canary,
+                    &stable,
+                    SystemTime::now(),
+                )
+                .await
+                {
+                    Ok(Some(event)) => {
+                        let snapshot = state.snapshot.load_full();
+                        if let Some(i) = snapshot.config.routes.iter().position(|r| r.name == name)
+                        {
+                            state.report_rollout(&snapshot, i, event);
                         }
+                        crate::rollout_store::persist(&state, state_dir.as_deref());
                     }
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(route = %name, error = %e, "fleet rollout analysis: query failed; the step holds and the same boundary is queried again")
                     }

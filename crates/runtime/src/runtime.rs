@@ -1,19 +1,24 @@
-//! Wiring: loads a config, publishes it as a snapshot, binds the listeners, serves, reloads
-//! on SIGHUP, and drains on SIGTERM (SPEC sections 4 and 8).
+//! The runtime: loads a config, publishes it as a snapshot, binds the listeners, serves,
+//! reloads when the file changes (or on SIGHUP, or at the periodic check), and drains on
+//! SIGTERM (docs/reload.md, docs/proxying.md#shutdown-and-signals). Every apply or
+//! rejection is a [`ConfigEvent`] sent to the subscribers registered at start; the runtime
+//! knows nothing of the admin API or the audit log.
 
-use anyhow::Context as _;
+use crate::events::{routes_changed, AppliedConfig, Cause, ConfigEvent, ConfigSubscriber};
+use crate::events::{RejectedConfig, ReloadMetrics};
 use prometheus::Registry;
 use rampart_admin::metrics_server::{self, Readiness};
 use rampart_core::config::{self, Config, ConfigErrors};
 use rampart_proxy::handler::ProxyState;
 use rampart_proxy::tls::ReloadingCert;
+use rampart_proxy::upstream::UpstreamError;
 use rampart_proxy::{Metrics, Snapshot, SnapshotSource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Why a config file could not be loaded.
@@ -64,7 +69,8 @@ pub enum LoadError {
     },
 }
 
-/// A parsed, valid config and where it came from.
+/// A parsed, valid config and where it came from: what [`crate::start`] and
+/// [`Runtime::apply`] take, so nothing unvalidated can be applied.
 pub struct Loaded {
     /// The config.
     pub config: Config,
@@ -75,7 +81,7 @@ pub struct Loaded {
 }
 
 /// Name of the last good config inside `state_dir`.
-pub const LAST_GOOD_FILE: &str = "last-good.yaml";
+pub(crate) const LAST_GOOD_FILE: &str = "last-good.yaml";
 
 /// The `state_dir` an invalid config file names, if its YAML still says it (or, when the
 /// YAML itself is broken, a top-level `state_dir:` line does); else `$RAMPART_STATE_DIR`.
@@ -124,7 +130,8 @@ fn persist_last_good(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, state_dir.join(LAST_GOOD_FILE))
 }
 
-/// Reads, parses and validates a config file.
+/// Reads, parses and validates a config file: the one way `run`, `check`, `explain`, the
+/// demo and a reload read one.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
@@ -133,7 +140,8 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     parse_bytes(path, bytes)
 }
 
-/// Parses and validates a config file's bytes.
+/// Parses and validates a config file's bytes, for bytes already read (a reload that
+/// hashed them first, a test's config).
 pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
     let display = path.display().to_string();
     let text = std::str::from_utf8(&bytes).map_err(|_| LoadError::NotUtf8 {
@@ -210,58 +218,96 @@ fn apply_listen_overrides(config: &mut Config) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Why a valid config could still not be served: what [`prepare`] found.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// A metric could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The snapshot could not be built (an upstream's URL, TLS roots or `ca_file`).
+    #[error("building the snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
 /// Builds, and throws away, everything `run` builds from a config before it serves: the
 /// snapshot (upstream clients: authorities, TLS roots and `ca_file`s) and the listener's
 /// TLS certificate. `check` runs it so that it refuses what `run` would refuse at start,
 /// and `run` so that a file it cannot apply sends it to the last good config.
-pub fn prepare(loaded: &Loaded) -> anyhow::Result<()> {
+pub fn prepare(loaded: &Loaded) -> Result<(), PrepareError> {
     let registry = Registry::new();
-    let metrics = Metrics::new(&registry).context("registering metrics")?;
+    let metrics = Metrics::new(&registry)?;
     Snapshot::build(
         Arc::new(loaded.config.clone()),
         loaded.source.clone(),
         &metrics,
         None,
         &std::collections::HashMap::new(),
-    )
-    .context("building the snapshot")?;
+    )?;
     tls_setup(&loaded.config)?;
     Ok(())
 }
 
-/// The running data plane's shared pieces.
+/// The running data plane's shared pieces: what the serving tasks, the admin API, OFREP and
+/// the demo's narration hold on to, and what applies a new config ([`Runtime::apply`]).
 pub struct Runtime {
     /// The proxy's state (snapshot and metrics).
     pub state: Arc<ProxyState>,
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// `/readyz`.
+    /// `/readyz`: set once serving, cleared when a drain starts.
     pub readiness: Arc<Readiness>,
     /// Where state lives; fixed at start (a reload that changes it warns).
     pub state_dir: Option<PathBuf>,
     /// sha256 of the config file as last read (valid or not), so an unchanged file is
     /// neither re-applied nor re-rejected by every periodic check.
     last_seen: std::sync::Mutex<String>,
-    /// Admin kills, pauses, config history, rollback pin and audit log (admin_control.rs).
-    pub admin: crate::admin_control::RuntimeAdmin,
+    /// Who hears of every apply and rejection: the reload metrics first, then those
+    /// registered at start (admin state and audit log, tests).
+    subscribers: Vec<Arc<dyn ConfigSubscriber>>,
+}
+
+/// Why a new config could not be applied (the previous one keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Its snapshot could not be built (an upstream's URL, TLS roots or `ca_file`).
+    #[error("building the snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
+}
+
+/// Why the runtime could not be built around its first config.
+#[derive(Debug, thiserror::Error)]
+pub enum NewRuntimeError {
+    /// A metric could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The first snapshot could not be built.
+    #[error("building the first snapshot: {0}")]
+    Snapshot(#[from] UpstreamError),
 }
 
 impl Runtime {
-    /// Builds the runtime around a first config.
-    pub fn new(loaded: Loaded) -> anyhow::Result<Runtime> {
+    /// Builds the runtime around a first config and tells `subscribers` it was applied
+    /// ([`Cause::Start`]).
+    pub fn new(
+        loaded: Loaded,
+        subscribers: Vec<Arc<dyn ConfigSubscriber>>,
+    ) -> Result<Runtime, NewRuntimeError> {
         let state_dir = loaded.config.state_dir.clone();
-        let admin = crate::admin_control::RuntimeAdmin::new(&loaded);
-        let bytes = loaded.bytes.clone();
+        let bytes: Arc<[u8]> = loaded.bytes.into();
         let loaded_sha = loaded.source.sha256.clone();
         let registry = Registry::new();
-        let metrics = Metrics::new(&registry).context("registering metrics")?;
+        let metrics = Metrics::new(&registry)?;
         let config = Arc::new(loaded.config);
         let persisted = state_dir
             .as_deref()
             .map(crate::rollout_store::load)
             .unwrap_or_default();
-        let snapshot = Snapshot::build(config, loaded.source, &metrics, None, &persisted)
-            .context("building the first snapshot")?;
+        let snapshot = Snapshot::build(config, loaded.source, &metrics, None, &persisted)?;
+        let mut all: Vec<Arc<dyn ConfigSubscriber>> = vec![Arc::new(ReloadMetrics::new(&metrics))];
+        all.extend(subscribers);
         let state = Arc::new(ProxyState::new(snapshot, metrics));
         let first_sha = loaded_sha.clone();
         let runtime = Runtime {
@@ -270,41 +316,38 @@ impl Runtime {
             readiness: Arc::new(Readiness::default()),
             state_dir,
             last_seen: std::sync::Mutex::new(first_sha),
-            admin,
+            subscribers: all,
         };
+        runtime.notify(&ConfigEvent::Applied(AppliedConfig {
+            cause: Cause::Start,
+            previous: None,
+            snapshot: runtime.state.snapshot.load_full(),
+            bytes: Arc::clone(&bytes),
+            routes_changed: Vec::new(),
+        }));
         runtime.publish_config_metrics(None);
-        runtime
-            .state
-            .metrics
-            .config_reloads
-            .with_label_values(&["applied"])
-            .inc();
         runtime.keep_last_good(&bytes);
-        runtime.admin.start(&runtime);
         Ok(runtime)
+    }
+
+    /// Sends `event` to every subscriber, in the order they were registered.
+    fn notify(&self, event: &ConfigEvent) {
+        for subscriber in &self.subscribers {
+            subscriber.config_event(event);
+        }
     }
 
     /// Records the config file's content as seen (for a start on the last good config,
     /// so the unchanged broken file is not rejected again at every check).
-    pub fn set_last_seen(&self, file_bytes: &[u8]) {
+    pub(crate) fn set_last_seen(&self, file_bytes: &[u8]) {
         if let Ok(mut last) = self.last_seen.lock() {
             *last = config::sha256_hex(file_bytes);
         }
     }
 
     /// Writes every rollout's state to `state_dir` (after verdicts and operator actions).
-    pub fn persist_rollouts(&self) {
-        let Some(dir) = &self.state_dir else { return };
-        let snapshot = self.state.snapshot.load();
-        let states: Vec<_> = snapshot
-            .routes
-            .iter()
-            .filter_map(|rt| rt.rollout.as_ref())
-            .filter_map(|r| r.snapshot().map(|(state, _)| (r.route.clone(), state)))
-            .collect();
-        if let Err(e) = crate::rollout_store::save(dir, &states) {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot keep rollout state in state_dir");
-        }
+    pub(crate) fn persist_rollouts(&self) {
+        crate::rollout_store::persist(&self.state, self.state_dir.as_deref());
     }
 
     /// Stores an applied config's bytes as the last good config in `state_dir`.
@@ -316,22 +359,33 @@ impl Runtime {
         }
     }
 
-    /// Marks the applied config as not the file's (started on the last good config, or a
-    /// reload was rejected): `rampart_config_last_reload_successful` 0 and one rejection.
-    pub fn mark_rejected(&self) {
-        self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&["rejected"])
-            .inc();
-        self.state.metrics.config_last_reload_successful.set(0);
+    /// Tells the subscribers the file at `path` was refused (`error`) and the serving config
+    /// is not the file's: `rampart_config_last_reload_successful` 0, one rejection, an
+    /// audit entry.
+    pub(crate) fn reject(&self, cause: Cause, path: &Path, sha256: &str, error: String) {
+        self.notify(&ConfigEvent::Rejected(RejectedConfig {
+            cause,
+            sha256: sha256.to_string(),
+            file: Some(path.to_path_buf()),
+            error,
+        }));
     }
 
-    /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools)
-    /// and swaps it in whole.
-    pub fn apply(&self, loaded: Loaded) -> anyhow::Result<()> {
+    /// The process started on the last good config because the file at `path` is invalid:
+    /// the rejection is reported, and the broken file is remembered as seen so the periodic
+    /// check does not reject it again until it changes.
+    pub(crate) fn started_on_last_good(&self, path: &Path, error: String) {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        self.set_last_seen(&bytes);
+        self.reject(Cause::Start, path, &config::sha256_hex(&bytes), error);
+    }
+
+    /// Applies a new valid config: builds its snapshot (reusing unchanged upstream pools),
+    /// tells the subscribers why (`cause`), and swaps it in whole. On error nothing
+    /// changed: the serving snapshot stays.
+    pub fn apply(&self, loaded: Loaded, cause: Cause) -> Result<(), ApplyError> {
         let previous = self.state.snapshot.load_full();
-        let bytes = loaded.bytes.clone();
+        let bytes: Arc<[u8]> = loaded.bytes.into();
         let snapshot = Snapshot::build(
             Arc::new(loaded.config),
             loaded.source,
@@ -347,14 +401,15 @@ impl Runtime {
         }
         let snapshot = Arc::new(snapshot);
         // Audited before it serves: whatever status shows is already in the audit log.
-        self.admin.applied(&previous, &snapshot, &bytes);
+        self.notify(&ConfigEvent::Applied(AppliedConfig {
+            cause,
+            routes_changed: routes_changed(&previous.config, &snapshot.config),
+            previous: Some(Arc::clone(&previous)),
+            snapshot: Arc::clone(&snapshot),
+            bytes: Arc::clone(&bytes),
+        }));
         self.state.snapshot.store(Arc::clone(&snapshot));
         self.publish_config_metrics(Some(&previous.config));
-        self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&["applied"])
-            .inc();
         rampart_proxy::health::start_checkers(&self.state);
         self.keep_last_good(&bytes);
         Ok(())
@@ -362,8 +417,8 @@ impl Runtime {
 
     /// Re-reads `path` and applies it if its content changed since the last look and it
     /// is valid; an invalid or unreadable file is rejected (logged with its errors and
-    /// counted) and the applied config keeps serving.
-    pub fn reload(&self, path: &Path) {
+    /// counted) and the applied config keeps serving. `cause` says what made it look.
+    pub fn reload(&self, path: &Path, cause: Cause) {
         let bytes = std::fs::read(path);
         let seen = match &bytes {
             Ok(b) => config::sha256_hex(b),
@@ -395,18 +450,18 @@ impl Runtime {
             })
             .and_then(|b| parse_bytes(path, b));
         match result {
-            Ok(loaded) => match self.apply(loaded) {
-                Ok(()) => tracing::info!(sha256 = %seen, file = %path.display(), "config applied"),
+            Ok(loaded) => match self.apply(loaded, cause) {
+                Ok(()) => {
+                    tracing::info!(sha256 = %seen, file = %path.display(), %cause, "config applied")
+                }
                 Err(e) => {
-                    self.mark_rejected();
-                    self.admin.rejected(path, &seen, &format!("{e:#}"));
-                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "config rejected; the last good config keeps serving");
+                    tracing::error!(error = %e, file = %path.display(), %cause, "config rejected; the last good config keeps serving");
+                    self.reject(cause, path, &seen, e.to_string());
                 }
             },
             Err(e) => {
-                self.mark_rejected();
-                self.admin.rejected(path, &seen, &e.to_string());
-                tracing::error!(error = %e, file = %path.display(), "config rejected; the last good config keeps serving");
+                tracing::error!(error = %e, file = %path.display(), %cause, "config rejected; the last good config keeps serving");
+                self.reject(cause, path, &seen, e.to_string());
             }
         }
     }
@@ -421,7 +476,6 @@ impl Runtime {
             .config_info
             .with_label_values(&[&config.version.to_string(), &snapshot.source.sha256])
             .set(1);
-        metrics.config_last_reload_successful.set(1);
         let now = SystemTime::now();
         metrics.config_last_reload_timestamp.set(
             now.duration_since(SystemTime::UNIX_EPOCH)
@@ -439,7 +493,7 @@ impl Runtime {
     /// Sets `rampart_route_expired` for every route at `now`; run at each apply and by the
     /// periodic check, so a flag expires at 00:00 UTC of its day without a reload; each
     /// time a route turns expired (at start, at a reload, at midnight) it is logged.
-    pub fn refresh_expiry(&self, now: SystemTime) {
+    pub(crate) fn refresh_expiry(&self, now: SystemTime) {
         let metrics = &self.state.metrics;
         let snapshot = self.state.snapshot.load();
         let expired: Vec<&str> = snapshot
@@ -464,7 +518,7 @@ impl Runtime {
     }
 
     /// Sets `rampart_kill_active{route,source}` for every route.
-    pub fn publish_kills(&self) {
+    pub(crate) fn publish_kills(&self) {
         let metrics = &self.state.metrics;
         let snapshot = self.state.snapshot.load();
         let admin = self.state.admin_kills.load();
@@ -529,17 +583,17 @@ pub struct BindError {
 }
 
 /// Listeners bound and ready to serve.
-pub struct Bound {
+pub(crate) struct Bound {
     /// The data-plane listener.
-    pub proxy: TcpListener,
+    pub(crate) proxy: TcpListener,
     /// The metrics listener.
-    pub metrics: TcpListener,
+    pub(crate) metrics: TcpListener,
     /// TLS on the data-plane listener, when `tls` is set.
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     /// The data plane's certificate, re-read when its files change.
-    pub cert: Option<Arc<ReloadingCert>>,
+    pub(crate) cert: Option<Arc<ReloadingCert>>,
     /// The OFREP flag evaluation listener, when `ofrep_listen` is set (docs/ofrep.md).
-    pub ofrep: Option<TcpListener>,
+    pub(crate) ofrep: Option<TcpListener>,
 }
 
 /// Why the listener's TLS could not be set up at start.
@@ -548,7 +602,7 @@ pub struct Bound {
 pub struct TlsSetupError(#[from] rampart_proxy::tls::TlsError);
 
 /// Loads the data plane's certificate and builds its TLS acceptor, if `tls` is set.
-pub fn tls_setup(
+pub(crate) fn tls_setup(
     config: &Config,
 ) -> Result<(Option<TlsAcceptor>, Option<Arc<ReloadingCert>>), TlsSetupError> {
     let Some(files) = &config.tls else {
@@ -576,7 +630,7 @@ fn reload_cert(cert: &ReloadingCert) {
 }
 
 /// Binds the data-plane and metrics listeners of `config`.
-pub async fn bind(
+pub(crate) async fn bind(
     config: &Config,
     tls: (Option<TlsAcceptor>, Option<Arc<ReloadingCert>>),
 ) -> Result<Bound, BindError> {
@@ -604,17 +658,69 @@ pub async fn bind(
     })
 }
 
-/// Serves until SIGTERM or SIGINT, then drains (SPEC section 4); reloads on SIGHUP.
-pub async fn serve(
+/// What the process asks of a running runtime (from signals, or from a library caller
+/// such as the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Re-read the config file (SIGHUP).
+    Reload(Cause),
+    /// Stop: the first one drains (docs/proxying.md#shutdown-and-signals), a second skips
+    /// what is left.
+    Stop,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, installed before the process reports ready and handled in
+/// the serving loop itself: no task between the signal and the drain, so `/readyz` turns
+/// 503 as soon as the loop sees the signal.
+pub(crate) struct Signals {
+    pub(crate) term: tokio::signal::unix::Signal,
+    pub(crate) int: tokio::signal::unix::Signal,
+    pub(crate) hup: tokio::signal::unix::Signal,
+}
+
+/// The next command, from a caller or from a signal.
+async fn next_command(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    signals: &mut Option<Signals>,
+) -> Option<Command> {
+    let signal = async {
+        match signals {
+            Some(s) => tokio::select! {
+                _ = s.term.recv() => Command::Stop,
+                _ = s.int.recv() => Command::Stop,
+                _ = s.hup.recv() => Command::Reload(Cause::Sighup),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        command = commands.recv() => command,
+        command = signal => Some(command),
+    }
+}
+
+/// Why serving ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data-plane listener's task panicked or was cancelled.
+    #[error("the proxy listener task failed: {0}")]
+    ProxyTask(#[from] tokio::task::JoinError),
+    /// The OFREP listener's metrics could not be registered (docs/ofrep.md).
+    #[error("starting the OFREP listener: {0}")]
+    Ofrep(#[from] prometheus::Error),
+}
+
+/// Serves until a [`Command::Stop`], then drains (docs/proxying.md#shutdown-and-signals);
+/// reloads on [`Command::Reload`], when the file changes and at the periodic check.
+pub(crate) async fn serve(
     runtime: Arc<Runtime>,
     bound: Bound,
     config_path: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut signals: Option<Signals>,
+    admin: Option<crate::admin_control::AdminServer>,
+    fleet_metrics: Arc<dyn crate::fleet::FleetMetrics>,
+) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -636,7 +742,9 @@ pub async fn serve(
     let _config_watcher = config_path.clone().and_then(|path| {
         let runtime = Arc::clone(&runtime);
         let watched = path.clone();
-        crate::watch::spawn("config", &[&watched], move || runtime.reload(&path))
+        crate::watch::spawn("config", &[&watched], move || {
+            runtime.reload(&path, Cause::FileChange)
+        })
     });
     let _cert_watcher = bound.cert.clone().and_then(|cert| {
         let (c, k) = cert.files();
@@ -645,13 +753,14 @@ pub async fn serve(
     });
     rampart_proxy::health::start_checkers(&runtime.state);
     let ofrep = match bound.ofrep {
-        Some(listener) => Some(
-            crate::ofrep::spawn(&runtime, listener, bound.tls.clone())
-                .context("starting the OFREP listener")?,
-        ),
+        Some(listener) => Some(crate::ofrep::spawn(&runtime, listener, bound.tls.clone())?),
         None => None,
     };
-    let fleet = tokio::spawn(crate::fleet::run(Arc::clone(&runtime)));
+    let fleet = tokio::spawn(crate::fleet::run(
+        Arc::clone(&runtime.state),
+        runtime.state_dir.clone(),
+        fleet_metrics,
+    ));
     runtime.readiness.set(true);
     tracing::info!(
         listen = %runtime.state.snapshot.load().config.listen,
@@ -665,7 +774,7 @@ pub async fn serve(
         loop {
             tick.tick().await;
             if let Some(path) = &config_path {
-                runtime.reload(path);
+                runtime.reload(path, Cause::Periodic);
             }
             runtime.refresh_expiry(std::time::SystemTime::now());
             if let Some(cert) = &bound.cert {
@@ -686,14 +795,20 @@ pub async fn serve(
     tokio::pin!(rollouts);
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                if let Some(path) = &config_path {
-                    tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
-                    runtime.reload(path);
+            command = next_command(&mut commands, &mut signals) => match command {
+                Some(Command::Reload(cause)) => {
+                    if let Some(path) = &config_path {
+                        if cause == Cause::Sighup {
+                            tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
+                        } else {
+                            tracing::info!(file = %path.display(), %cause, "reloading the config");
+                        }
+                        runtime.reload(path, cause);
+                    }
                 }
-            }
+                // Every sender gone: nobody can ask to stop any more, so stop now.
+                Some(Command::Stop) | None => break,
+            },
             _ = &mut periodic => {}
             _ = &mut rollouts => {}
         }
@@ -701,14 +816,18 @@ pub async fn serve(
 
     // Drain: unready at once, keep serving for `delay` while endpoints are removed, then
     // close listeners and let in-flight requests finish for up to `timeout`. A second
-    // SIGTERM or SIGINT skips what is left.
+    // stop (SIGTERM or SIGINT) skips what is left.
     let drain = runtime.state.snapshot.load().config.drain;
     runtime.readiness.set(false);
     tracing::info!(delay = ?drain.delay, timeout = ?drain.timeout, "shutdown requested: draining");
     let skip = async {
-        tokio::select! {
-            _ = sigterm.recv() => {},
-            _ = sigint.recv() => {},
+        loop {
+            if matches!(
+                next_command(&mut commands, &mut signals).await,
+                Some(Command::Stop) | None
+            ) {
+                break;
+            }
         }
     };
     tokio::pin!(skip);
@@ -717,7 +836,7 @@ pub async fn serve(
         _ = &mut skip => true,
     };
     let _ = proxy_stop_tx.send(true);
-    let graceful = proxy_task.await.context("the proxy listener task failed")?;
+    let graceful = proxy_task.await?;
     if !skipped {
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all in-flight requests finished"),
@@ -728,6 +847,9 @@ pub async fn serve(
     fleet.abort();
     if let Some(ofrep) = ofrep {
         ofrep.stop().await;
+    }
+    if let Some(admin) = admin {
+        admin.stop().await;
     }
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;

@@ -1,9 +1,11 @@
-//! Reload triggers for files Rampart reads while serving (SPEC section 8): the config, and
+//! Reload triggers for files Rampart reads while serving (docs/reload.md): the config, and
 //! the TLS certificate and key. Each file is watched through its DIRECTORY with `notify`,
 //! so in-place writes, atomic renames and the Kubernetes ConfigMap/Secret `..data` symlink
 //! swap are all seen (a watch on the file itself dies at the first swap, and no event names
 //! the file during a swap). Bursts are debounced; the callback re-reads through the path and
 //! acts only if the content changed. SIGHUP and a periodic check are backups.
+//!
+//! Public because `rampart injector` reloads its own certificate the same way.
 
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -12,12 +14,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long a burst of file events must be quiet before the callback runs.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Longest a burst may defer the callback, a safety net: events about other files are
 /// already ignored (see [`relevant_names`]), so only the watched files themselves changing
 /// without pause could hold a reload back.
-pub const MAX_DEFER: Duration = Duration::from_secs(2);
+pub(crate) const MAX_DEFER: Duration = Duration::from_secs(2);
 
 /// The directory entries whose events matter for `files`: the files' own names, the names
 /// they link to inside the same directory, and Kubernetes' `..data`-style entries (during

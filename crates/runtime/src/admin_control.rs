@@ -1,16 +1,19 @@
-//! The admin API's operations over the running [`Runtime`] (SPEC sections 5 and 6), and the
+//! The admin API's operations over the running [`Runtime`] (docs/admin.md), and the
 //! state they keep: admin kills and rollout pauses (persisted in `state_dir`, so they last
 //! across reloads and restarts), the previous good config (for rollback, kept in memory and
 //! as `state_dir/previous-good.yaml`), the rollback pin, and the audit log entries of
-//! config reloads and breaker transitions.
+//! config reloads and breaker transitions (docs/audit.md#entries).
 //!
-//! `runtime.rs` calls in at four points: [`RuntimeAdmin::new`] and [`RuntimeAdmin::start`]
-//! when the runtime is built, [`RuntimeAdmin::applied`] after every apply and
-//! [`RuntimeAdmin::rejected`] after a rejected reload. Everything else lives here.
+//! The runtime does not know this module: [`RuntimeAdmin`] is a [`ConfigSubscriber`]
+//! registered at start, so every apply and rejection reaches it as a [`ConfigEvent`] with
+//! its [`Cause`]; [`RuntimeAdmin::new`] reads `state_dir` before the runtime is built and
+//! [`RuntimeAdmin::start`] finishes once it exists. The admin API ([`Control`]) calls
+//! [`Runtime::apply`] with [`Cause::AdminRollback`]. Everything else lives here.
 
+use crate::events::{AppliedConfig, Cause, ConfigEvent, ConfigSubscriber, RejectedConfig};
 use crate::runtime::{self, BindError, Loaded, Runtime, LAST_GOOD_FILE};
 use rampart_admin::api::{self, AdminApi, AdminControl, Caller, ControlError};
-use rampart_admin::audit::{self, rfc3339_millis, AuditLog, NewEntry};
+use rampart_admin::audit::{rfc3339_millis, AuditLog, NewEntry};
 use rampart_admin::status;
 use rampart_admin::tokens::TokenStore;
 
@@ -19,12 +22,12 @@ use rampart_core::clock::{Clock, SystemClock};
 use rampart_core::config::{self, BackendSlot, Config, Route};
 use rampart_core::decision;
 use rampart_proxy::handler::ProxyEvent;
-use rampart_proxy::{Snapshot, SnapshotSource};
+use rampart_proxy::publish::EventSink;
+use rampart_proxy::SnapshotSource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
@@ -89,8 +92,6 @@ struct Inner {
     pin: Option<Pin>,
     /// A pinned config to re-apply at start (the file did not change since the rollback).
     pinned_at_start: Option<Loaded>,
-    /// Why the next apply happens, when it is not a reload of the file.
-    cause: Option<&'static str>,
     kills: BTreeMap<String, Override>,
     paused: BTreeMap<String, Override>,
     last_reload: Option<status::LastReload>,
@@ -140,51 +141,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option<T> 
     }
 }
 
-/// `{backend: percent}` of a route's configured split (stable gets the rest).
-fn split_of(config: &Config, route: &Route) -> BTreeMap<String, f64> {
-    route
-        .shares(None)
-        .into_iter()
-        .filter_map(|(slot, share)| {
-            let name = config.backend(route, slot)?.name.clone();
-            Some((name, f64::from(share.buckets()) / 100.0))
-        })
-        .collect()
-}
-
-/// The routes that differ between two configs: added, removed, split or kill changed.
-fn routes_changed(old: &Config, new: &Config) -> Vec<Value> {
-    let mut changes = Vec::new();
-    for route in &new.routes {
-        match old.route(&route.name) {
-            None => changes.push(
-                json!({"route": route.name, "change": "added", "split": split_of(new, route)}),
-            ),
-            Some(before) => {
-                let (from, to) = (split_of(old, before), split_of(new, route));
-                if from != to {
-                    changes.push(
-                        json!({"route": route.name, "change": "split", "from": from, "to": to}),
-                    );
-                }
-                if before.killed != route.killed {
-                    changes.push(json!({"route": route.name, "change": "killed", "from": before.killed, "to": route.killed}));
-                }
-            }
-        }
-    }
-    for route in &old.routes {
-        if new.route(&route.name).is_none() {
-            changes.push(json!({"route": route.name, "change": "removed"}));
-        }
-    }
-    changes
-}
-
 impl RuntimeAdmin {
     /// Reads the admin state kept in `state_dir` for the config about to be served: kills,
-    /// pauses, the previous good config and a rollback pin. Called by `Runtime::new` before
-    /// it overwrites `last-good.yaml`.
+    /// pauses, the previous good config and a rollback pin. Called before `Runtime::new`
+    /// overwrites `last-good.yaml`.
     pub fn new(loaded: &Loaded) -> RuntimeAdmin {
         let state_dir = loaded.config.state_dir.clone();
         let mut inner = Inner {
@@ -263,14 +223,28 @@ impl RuntimeAdmin {
         }
     }
 
-    /// Finishes start-up once the runtime exists: admin kills in force, breaker transitions
-    /// into the audit log, the start audited, and a pinned rollback re-applied.
+    /// Finishes start-up once the runtime exists: admin kills in force, and a pinned
+    /// rollback re-applied ([`Cause::PinnedRollback`]).
     pub fn start(&self, runtime: &Runtime) {
         let kills: HashSet<String> = self.lock().kills.keys().cloned().collect();
         if !kills.is_empty() {
             tracing::warn!(routes = ?kills, "admin kills from state_dir are in force");
         }
         runtime.state.admin_kills.store(Arc::new(kills));
+        let pinned = self.lock().pinned_at_start.take();
+        if let Some(loaded) = pinned {
+            if let Err(e) = runtime.apply(loaded, Cause::PinnedRollback) {
+                tracing::error!(error = %e, "cannot re-apply the pinned rollback; serving the file's config");
+            }
+        }
+        runtime.publish_kills();
+        runtime.state.publish_all_splits();
+    }
+
+    /// The data plane's events as this state keeps them: each breaker's last transition
+    /// (for status) and, with an audit log, breaker transitions and rollout verdicts as
+    /// audit entries.
+    pub fn proxy_event_sink(&self) -> EventSink {
         let audit_tx = self.audit.as_ref().and_then(|audit| {
             let (tx, rx) = std::sync::mpsc::channel::<NewEntry>();
             let writer = Arc::clone(audit);
@@ -289,42 +263,36 @@ impl RuntimeAdmin {
                 .map(|_| tx)
         });
         let breakers = Arc::clone(&self.breakers);
-        runtime.state.subscribe(Arc::new(move |event: &ProxyEvent| {
+        Arc::new(move |event: &ProxyEvent| {
             remember_transition(&breakers, event);
             if let Some(tx) = &audit_tx {
                 let entry = breaker_entry(event);
                 rampart_admin::audit::log_entry(&entry);
                 let _ = tx.send(entry);
             }
-        }));
-        let snapshot = runtime.state.snapshot.load_full();
+        })
+    }
+
+    /// The process started on this config: audited.
+    fn started(&self, event: &AppliedConfig) {
+        let snapshot = &event.snapshot;
         self.record(&NewEntry::new(
             "system",
             "config.applied",
             json!({
-                "cause": "start",
+                "cause": event.cause.audit_cause(),
                 "sha256": snapshot.source.sha256,
                 "file": snapshot.source.path.as_ref().map(|p| p.display().to_string()),
             }),
         ));
-        let pinned = self.lock().pinned_at_start.take();
-        if let Some(loaded) = pinned {
-            self.lock().cause = Some("pinned_rollback");
-            if let Err(e) = runtime.apply(loaded) {
-                tracing::error!(error = %format!("{e:#}"), "cannot re-apply the pinned rollback; serving the file's config");
-                self.lock().cause = None;
-            }
-        }
-        runtime.publish_kills();
-        runtime.state.publish_all_splits();
     }
 
     /// Called after every apply: the outgoing config becomes the previous good one (memory
     /// and `previous-good.yaml`), a reload of the file lifts a rollback pin, and the apply
     /// is audited with the routes it changed.
-    pub fn applied(&self, old: &Snapshot, new: &Snapshot, bytes: &[u8]) {
+    fn applied(&self, event: &AppliedConfig, old: &rampart_proxy::Snapshot) {
+        let (new, bytes, cause) = (&event.snapshot, &event.bytes, event.cause);
         let mut inner = self.lock();
-        let cause = inner.cause.take();
         let outgoing = inner.current.take();
         if let (Some(out), Some(dir)) = (&outgoing, &self.state_dir) {
             if let Err(e) = write_atomic(dir, PREVIOUS_GOOD_FILE, &out.bytes) {
@@ -338,7 +306,7 @@ impl RuntimeAdmin {
             bytes: bytes.to_vec(),
         });
         let mut unpinned = false;
-        if cause.is_none() && inner.pin.take().is_some() {
+        if cause.is_file_reload() && inner.pin.take().is_some() {
             unpinned = true;
             if let Some(dir) = &self.state_dir {
                 let _ = std::fs::remove_file(dir.join(PIN_FILE));
@@ -346,11 +314,11 @@ impl RuntimeAdmin {
             tracing::info!("the config file changed: the rollback pin is lifted");
         }
         let detail = json!({
-            "cause": cause.unwrap_or("reload"),
+            "cause": cause.audit_cause(),
             "sha256": new.source.sha256,
             "file": new.source.path.as_ref().map(|p| p.display().to_string()),
             "previous_sha256": old.source.sha256,
-            "routes_changed": routes_changed(&old.config, &new.config),
+            "routes_changed": event.routes_changed,
             "unpinned": unpinned,
         });
         inner.last_reload = Some(status::LastReload {
@@ -364,7 +332,10 @@ impl RuntimeAdmin {
 
     /// Called when a reload is rejected: audited with the file's sha256 and the errors.
     /// A rollback pin ends here too: the file's content changed, though to something invalid.
-    pub fn rejected(&self, file: &Path, sha256: &str, error: &str) {
+    fn rejected(&self, event: &RejectedConfig) {
+        let sha256 = event.sha256.as_str();
+        let file = event.file.as_deref().unwrap_or(Path::new(""));
+        let error = event.error.as_str();
         {
             let mut inner = self.lock();
             inner.last_reload = Some(status::LastReload {
@@ -385,6 +356,7 @@ impl RuntimeAdmin {
         ));
     }
 
+    /// Persists `value` as `state_dir/name`; whether it was written.
     fn persist(&self, name: &str, value: &BTreeMap<String, Override>) -> bool {
         let Some(dir) = &self.state_dir else {
             return false;
@@ -399,6 +371,18 @@ impl RuntimeAdmin {
                 tracing::error!(error = %e, file = name, "cannot persist admin state; it holds until restart only");
                 false
             }
+        }
+    }
+}
+
+impl ConfigSubscriber for RuntimeAdmin {
+    fn config_event(&self, event: &ConfigEvent) {
+        match event {
+            ConfigEvent::Applied(applied) => match &applied.previous {
+                None => self.started(applied),
+                Some(old) => self.applied(applied, old),
+            },
+            ConfigEvent::Rejected(rejected) => self.rejected(rejected),
         }
     }
 }
@@ -573,12 +557,23 @@ fn rollout_status(
 /// [`AdminControl`] over the runtime.
 pub struct Control {
     runtime: Arc<Runtime>,
+    admin: Arc<RuntimeAdmin>,
     config_path: PathBuf,
 }
 
 impl Control {
+    /// The admin API's operations over `runtime`, keeping their state in `admin`;
+    /// `config_path` is the file a rollback pins against.
+    pub fn new(runtime: Arc<Runtime>, admin: Arc<RuntimeAdmin>, config_path: PathBuf) -> Control {
+        Control {
+            runtime,
+            admin,
+            config_path,
+        }
+    }
+
     fn admin(&self) -> &RuntimeAdmin {
-        &self.runtime.admin
+        &self.admin
     }
 
     fn require_route(&self, route: &str) -> Result<Route, ControlError> {
@@ -829,9 +824,8 @@ impl Control {
 }
 
 impl AdminControl for Control {
-    fn status(&self) -> Value {
-        serde_json::to_value(self.status_document())
-            .unwrap_or_else(|e| json!({"error": format!("cannot encode the status: {e}")}))
+    fn status(&self) -> status::Status {
+        self.status_document()
     }
 
     fn explain(&self, route: &str, identity: &str) -> Result<Value, ControlError> {
@@ -932,11 +926,12 @@ impl AdminControl for Control {
         let file_sha256 = std::fs::read(&self.config_path)
             .map(|b| config::sha256_hex(&b))
             .unwrap_or_else(|_| "unreadable".to_string());
-        admin.lock().cause = Some("rollback");
-        if let Err(e) = self.runtime.apply(previous.to_loaded()) {
-            admin.lock().cause = None;
+        if let Err(e) = self
+            .runtime
+            .apply(previous.to_loaded(), Cause::AdminRollback)
+        {
             return Err(ControlError::Failed(format!(
-                "the previous config could not be applied: {e:#}"
+                "the previous config could not be applied: {e}"
             )));
         }
         let pin = Pin {
@@ -994,26 +989,28 @@ pub async fn bind(config: &Config) -> Result<Option<TcpListener>, BindError> {
         })
 }
 
-/// Serves the admin API on `listener` over `runtime`.
+/// Serves the admin API on `listener` over `runtime`, its state in `admin`.
 ///
 /// `tls` is the data plane's TLS acceptor: used when `admin_listen` is not a loopback
 /// address (validation refuses such a listener without `tls`).
 pub fn spawn(
     runtime: &Arc<Runtime>,
+    admin: &Arc<RuntimeAdmin>,
     listener: TcpListener,
     config_path: PathBuf,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> AdminServer {
     let config = runtime.state.snapshot.load().config.clone();
     let tokens = TokenStore::new(config.admin_tokens_file.clone());
-    let control = Arc::new(Control {
-        runtime: Arc::clone(runtime),
+    let control = Arc::new(Control::new(
+        Arc::clone(runtime),
+        Arc::clone(admin),
         config_path,
-    });
+    ));
     let api = Arc::new(AdminApi::new(
         control,
         tokens,
-        runtime.admin.audit.clone(),
+        admin.audit.clone(),
         Arc::new(SystemClock) as Arc<dyn Clock>,
     ));
     let off_loopback = listener.local_addr().is_ok_and(|a| !a.ip().is_loopback());
@@ -1026,27 +1023,4 @@ pub fn spawn(
         let _ = rx.wait_for(|s| *s).await;
     }));
     AdminServer { stop, task }
-}
-
-/// `rampart audit verify FILE [--head HASH]`: 0 intact, 1 with the first bad line.
-pub fn verify_command(file: &Path, head: Option<&str>) -> ExitCode {
-    match audit::verify(file, head) {
-        Ok(report) => {
-            for line in &report.torn_acknowledged {
-                println!(
-                    "note: {}: line {line}: torn by a crash and acknowledged by the writer",
-                    file.display()
-                );
-            }
-            println!(
-                "ok: {} entries, chain intact; last hash {}",
-                report.entries, report.last_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            ExitCode::from(1)
-        }
-    }
 }
