@@ -416,7 +416,7 @@ fn input_that_is_not_kubernetes_yaml_exits_1_naming_the_file_and_line() {
 /// ones it listens on, whatever the ConfigMap's `listen` says, and the taken-over port must
 /// reach the app on its own port number.
 #[tokio::test]
-async fn the_injected_sidecar_started_as_its_pod_spec_says_listens_on_the_declared_ports() {
+async fn the_injected_sidecar_started_as_its_pod_manifest_says_listens_on_the_declared_ports() {
     let app = Upstream::start("app").await;
     let app_port: u16 = app
         .url()

@@ -118,7 +118,6 @@ fn offences(line: &str, code: bool) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "enabled by the lead after the citation sweep"]
 fn nothing_cites_the_old_contract() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();

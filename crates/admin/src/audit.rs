@@ -693,7 +693,7 @@ mod tests {
     use rampart_core::clock::ManualClock;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    const SPEC_VECTOR: &str = r#"{"seq":1,"ts":"2026-03-01T10:00:00.000Z","actor":"system","action":"config.applied","detail":{"sha256":"09bfcc6a14b83e2192b8673677725c84883ee9cd0c70e45c9ec09daa8f2b2847"},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"25e923b60c82c0bc79e6812ed4220c149603d3a0467aa7a167445e7f276d762b"}"#;
+    const VERIFICATION_VECTOR: &str = r#"{"seq":1,"ts":"2026-03-01T10:00:00.000Z","actor":"system","action":"config.applied","detail":{"sha256":"09bfcc6a14b83e2192b8673677725c84883ee9cd0c70e45c9ec09daa8f2b2847"},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"25e923b60c82c0bc79e6812ed4220c149603d3a0467aa7a167445e7f276d762b"}"#;
 
     fn vector_time() -> SystemTime {
         // 2026-03-01T10:00:00Z
@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn verification_vector_line_verifies() {
-        let report = verify_bytes(format!("{SPEC_VECTOR}\n").as_bytes(), None).unwrap();
+        let report = verify_bytes(format!("{VERIFICATION_VECTOR}\n").as_bytes(), None).unwrap();
         assert_eq!(report.entries, 1);
         assert_eq!(
             report.last_hash,
@@ -743,7 +743,7 @@ mod tests {
             serde_json::json!({"sha256": "09bfcc6a14b83e2192b8673677725c84883ee9cd0c70e45c9ec09daa8f2b2847"}),
         );
         let (hash, line) = encode_line(1, &ts, &e, ZERO_HASH).unwrap();
-        assert_eq!(line, SPEC_VECTOR);
+        assert_eq!(line, VERIFICATION_VECTOR);
         assert_eq!(
             hash,
             "25e923b60c82c0bc79e6812ed4220c149603d3a0467aa7a167445e7f276d762b"

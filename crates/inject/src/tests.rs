@@ -485,7 +485,7 @@ fn the_patch_turns_the_original_into_the_injected_object() {
 }
 
 #[test]
-fn null_lists_in_the_spec_are_filled_in() {
+fn null_lists_in_the_pod_spec_are_filled_in() {
     let d = deployment(
         json!({"rampart.dev/config": "x"}),
         json!({}),
