@@ -18,9 +18,8 @@
 //!   Rampart reason are those `ProxyState::decide_request` gives a plain HTTP request with
 //!   the same headers and the targeting key as its identity header.
 //!
-//! The evaluator is the runtime's `LiveEvaluator` (crates/runtime/src/ofrep.rs, private to
-//! that crate), rewritten over the same public calls: identity from the targeting key, else
-//! from the route's sources, then `decide_on_route` peeking. Keep the two in step.
+//! The evaluator is the listener's own, `rampart_ofrep::live::LiveEvaluator`, over the
+//! proxy's real decision state for a fixed config.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ETAG, IF_NONE_MATCH};
@@ -28,12 +27,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use rampart_core::bucket::bucket_of;
 use rampart_core::config::{self, MissingIdentity, RouteKind};
-use rampart_core::identity;
 use rampart_ofrep::context::{self, ContextError, EvalContext, MAX_FIELDS, MAX_TARGETING_KEY};
+use rampart_ofrep::live::LiveEvaluator;
 use rampart_ofrep::server::{Ofrep, OfrepMetrics, BULK_PATH, SINGLE_PREFIX};
-use rampart_ofrep::{Bulk, Evaluation, Evaluator, FlagError};
-use rampart_proxy::decide::Probe;
-use rampart_proxy::facts::HttpFacts;
 use rampart_proxy::{Metrics, ProxyState, Snapshot, SnapshotSource};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -94,95 +90,6 @@ routes:
       - {backend: canary, percent: 50}
 "#;
 
-/// The runtime's `LiveEvaluator` over a fixed state.
-struct Live {
-    state: Arc<ProxyState>,
-}
-
-impl Live {
-    fn evaluate_route(
-        &self,
-        snapshot: &Snapshot,
-        route_index: usize,
-        context: &EvalContext,
-    ) -> Result<Evaluation, FlagError> {
-        let config = &snapshot.config;
-        let Some(route) = config.routes.get(route_index) else {
-            return Err(FlagError::NotFound(String::new()));
-        };
-        let facts = HttpFacts::new(&context.request);
-        let extracted = match &context.targeting_key {
-            Some(_) => None,
-            None => identity::extract(&route.identity, &facts, None),
-        };
-        let identity = context
-            .targeting_key
-            .as_deref()
-            .or(extracted.as_ref().map(|i| i.as_str()));
-        let Some((decision, _)) = self.state.decide_on_route(
-            snapshot,
-            route_index,
-            &facts,
-            identity,
-            Probe::Peek,
-            Instant::now(),
-        ) else {
-            return Err(FlagError::NotFound(route.name.clone()));
-        };
-        if identity.is_none()
-            && route.missing_identity == MissingIdentity::Random
-            && decision.bucket.is_some()
-        {
-            return Err(FlagError::TargetingKeyMissing(route.name.clone()));
-        }
-        let name = |slot| {
-            config
-                .backend(route, slot)
-                .map(|u| u.name.clone())
-                .unwrap_or_default()
-        };
-        Ok(Evaluation {
-            route: route.name.clone(),
-            backend: name(decision.slot),
-            toggle: route.kind == RouteKind::Toggle,
-            killed: self.state.kill_source(route).is_some(),
-            candidate: decision.diverted().then(|| name(decision.candidate)),
-            decision,
-        })
-    }
-}
-
-impl Evaluator for Live {
-    fn knows(&self, route: &str) -> bool {
-        self.state.snapshot.load().config.route(route).is_some()
-    }
-
-    fn evaluate(&self, route: &str, context: &EvalContext) -> Result<Evaluation, FlagError> {
-        let snapshot = self.state.snapshot.load();
-        let Some(index) = snapshot.config.routes.iter().position(|r| r.name == route) else {
-            return Err(FlagError::NotFound(route.to_string()));
-        };
-        self.evaluate_route(&snapshot, index, context)
-    }
-
-    fn evaluate_all(&self, context: &EvalContext) -> Bulk {
-        let snapshot = self.state.snapshot.load_full();
-        let flags = (0..snapshot.config.routes.len())
-            .filter_map(|index| {
-                let route = snapshot.config.routes.get(index)?;
-                Some((
-                    route.name.clone(),
-                    self.evaluate_route(&snapshot, index, context),
-                ))
-            })
-            .collect();
-        Bulk {
-            flags,
-            version: snapshot.source.sha256.clone(),
-        }
-    }
-}
-
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     state: Arc<ProxyState>,
@@ -219,9 +126,7 @@ fn fixture() -> &'static Fixture {
             Err(error) => panic!("the fixture snapshot does not build: {error}"),
         };
         let state = Arc::new(ProxyState::new(snapshot, metrics));
-        let evaluator = Arc::new(Live {
-            state: Arc::clone(&state),
-        });
+        let evaluator = Arc::new(LiveEvaluator::new(Arc::clone(&state)));
         Fixture {
             runtime,
             state,

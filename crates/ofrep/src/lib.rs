@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod context;
+pub mod live;
 pub mod server;
 
 pub use context::EvalContext;
