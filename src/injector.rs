@@ -8,6 +8,7 @@
 //! certificate and key are re-read when they change on disk (cert-manager renews them in
 //! place), with a periodic check as a backup. Exit 0 after SIGTERM, 3 if it cannot bind.
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -45,6 +46,11 @@ const CERT_CHECK: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once. The API servers open a few each; at the cap accepting
+/// pauses (new connections wait in the listen queue) so a flood cannot exhaust descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+/// Most concurrent HTTP/2 streams per connection (one admission is one stream).
+const MAX_STREAMS: u32 = 64;
 
 /// The injector's settings, from its flags.
 pub struct Settings {
@@ -185,10 +191,20 @@ async fn serve(settings: Settings) -> ExitCode {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            s = Arc::clone(&slots).acquire_owned() => s,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -204,6 +220,7 @@ async fn serve(settings: Settings) -> ExitCode {
         let state = Arc::clone(&state);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let service = hyper::service::service_fn(move |req| {
@@ -425,7 +442,8 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
     match inject::inject_object(object, options) {
         Ok(Outcome::Injected(injected)) => {
             let patch = inject::patch::diff(object, &injected.object);
-            let encoded = base64_encode(Value::Array(patch).to_string().as_bytes());
+            let encoded = base64::engine::general_purpose::STANDARD
+                .encode(Value::Array(patch).to_string().as_bytes());
             let warnings: Vec<String> = injected
                 .warnings
                 .iter()
@@ -455,48 +473,6 @@ fn review(options: &Options, body: &[u8]) -> (StatusCode, Result<Value, String>,
                 json!({"warnings": [format!("rampart: not injected: {e}")]}),
                 "error",
             )
-        }
-    }
-}
-
-/// Standard base64 with padding (RFC 4648), for the AdmissionReview's `patch`.
-fn base64_encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let index = ((n >> (18 - 6 * i)) & 63) as usize;
-                out.push(char::from(ALPHABET.get(index).copied().unwrap_or(b'A')));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_encode(i.as_bytes()), o);
         }
     }
 }
