@@ -594,3 +594,65 @@ async fn a_client_reading_normally_is_not_cut_by_a_short_send_timeout() {
         "{m}"
     );
 }
+
+/// Sends `GET /` on `stream` and reads its whole answer (a `Content-Length` body); the
+/// status code.
+async fn get_on(stream: &mut TcpStream) -> u16 {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before the answer ended: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .expect("a Content-Length");
+        if got.len() >= end + 4 + length {
+            return text[9..12].parse().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lives_past_header_timeout_until_keepalive_timeout() {
+    let stable = Upstream::start("stable").await;
+    let rampart = Rampart::start(&format!(
+        "{}limits: {{header_timeout: 1s, keepalive_timeout: 3s}}\n",
+        config("stable", &[&stable], "")
+    ))
+    .await;
+    let mut stream = connect(rampart.addr).await;
+    assert_eq!(get_on(&mut stream).await, 200);
+    // Idle for longer than header_timeout: a load balancer reusing the connection now
+    // must be served, not find it closed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get_on(&mut stream).await, 200);
+    // Then, idle, it is closed at keepalive_timeout (3 s), not before header_timeout's 1 s.
+    let closed = closed_within(&mut stream, Duration::from_secs(15)).await;
+    let Some(after) = closed else {
+        panic!("an idle keep-alive connection still open 15 s after keepalive_timeout 3s");
+    };
+    assert!(
+        after >= Duration::from_millis(2500),
+        "closed {after:?} after the answer, before keepalive_timeout"
+    );
+    assert_eq!(stable.hits(), 2);
+}

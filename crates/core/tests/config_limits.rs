@@ -27,18 +27,21 @@ fn limits_default_when_absent() {
     assert!(config.limits.header_timeout <= Duration::from_secs(30));
     assert_eq!(config.limits.send_timeout, Duration::from_secs(60));
     assert_eq!(config.limits.h2_max_concurrent_streams, 128);
+    // Above the 60 s idle timeout of the usual load balancers in front.
+    assert!(config.limits.keepalive_timeout > Duration::from_secs(60));
 }
 
 #[test]
 fn every_limit_can_be_set() {
     let config = parse(&format!(
-        "{BASE}limits:\n  max_connections: 500\n  listen_backlog: 4096\n  header_timeout: 2s\n  h2_idle_timeout: 1m\n  send_timeout: 500ms\n  h2_max_concurrent_streams: 64\n"
+        "{BASE}limits:\n  max_connections: 500\n  listen_backlog: 4096\n  header_timeout: 2s\n  keepalive_timeout: 90s\n  h2_idle_timeout: 1m\n  send_timeout: 500ms\n  h2_max_concurrent_streams: 64\n"
     ))
     .unwrap_or_else(|e| panic!("{}", e.render("f.yaml")));
     let l = config.limits;
     assert_eq!(l.max_connections, Some(500));
     assert_eq!(l.listen_backlog, 4096);
     assert_eq!(l.header_timeout, Duration::from_secs(2));
+    assert_eq!(l.keepalive_timeout, Duration::from_secs(90));
     assert_eq!(l.h2_idle_timeout, Duration::from_secs(60));
     assert_eq!(l.send_timeout, Duration::from_millis(500));
     assert_eq!(l.h2_max_concurrent_streams, 64);
@@ -47,7 +50,7 @@ fn every_limit_can_be_set() {
 #[test]
 fn silly_limits_are_errors_with_their_path_and_line() {
     let out = rendered_errors(
-        "limits:\n  max_connections: 0\n  listen_backlog: 70000\n  header_timeout: 1ms\n  send_timeout: 2h\n  h2_max_concurrent_streams: 0\n",
+        "limits:\n  max_connections: 0\n  listen_backlog: 70000\n  header_timeout: 1ms\n  send_timeout: 2h\n  h2_max_concurrent_streams: 0\n  keepalive_timeout: 0s\n",
     );
     for (line, path) in [
         (7, "limits.max_connections"),
@@ -55,6 +58,7 @@ fn silly_limits_are_errors_with_their_path_and_line() {
         (9, "limits.header_timeout"),
         (10, "limits.send_timeout"),
         (11, "limits.h2_max_concurrent_streams"),
+        (12, "limits.keepalive_timeout"),
     ] {
         assert!(out.contains(&format!("f.yaml:{line}:")), "{path}: {out}");
         assert!(out.contains(&format!("{path}: invalid")), "{path}: {out}");

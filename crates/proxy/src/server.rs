@@ -6,6 +6,7 @@
 //! `limits:` in docs/config.md): at most `max_connections` connections (accepting pauses at
 //! the cap, so the metrics and admin listeners keep their descriptors), a deadline from
 //! accept to the first complete request head whatever the protocol (`header_timeout`),
+//! idle HTTP/1.1 keep-alive connections closed after `keepalive_timeout`,
 //! GOAWAY for HTTP/2 connections idle for `h2_idle_timeout`, and a client that accepts no
 //! bytes for `send_timeout` is disconnected, which releases the upstream slot its response
 //! held.
@@ -87,7 +88,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // hyper's header timeout runs from the moment it waits for a head: on a kept-alive
+        // connection that is the idle time plus the head's. The first request's head is
+        // bounded by `header_timeout` in `serve_http`, from accept.
+        .header_read_timeout(limits.keepalive_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADER_COUNT);
     builder
@@ -413,8 +417,8 @@ async fn serve_http<I>(
             continue;
         }
         if !watch.is_h2() {
-            // HTTP/1.1: hyper's header timeout bounds each later head (and the wait for
-            // it), the write watchdog in the I/O bounds a client that stops reading.
+            // HTTP/1.1: hyper's header timeout (`keepalive_timeout`) bounds each later head
+            // and the wait for it, the write watchdog in the I/O a client that stops reading.
             ticking = false;
             continue;
         }

@@ -138,9 +138,13 @@ pub struct Limits {
     pub max_connections: Option<u32>,
     /// The data-plane listener's accept queue length (`listen(2)` backlog).
     pub listen_backlog: u32,
-    /// From accept to a connection's first complete request head, whatever its protocol;
-    /// also from the end of an HTTP/1.1 response to the next complete head.
+    /// From accept to a connection's first complete request head, whatever its protocol.
     pub header_timeout: Duration,
+    /// From the end of an HTTP/1.1 response to the next complete request head: how long an
+    /// idle keep-alive connection is kept. Longer than the idle timeout of the load
+    /// balancers that usually sit in front (60 s), so they close first and never send on a
+    /// connection Rampart is closing.
+    pub keepalive_timeout: Duration,
     /// An HTTP/2 connection with no open stream for this long gets GOAWAY.
     pub h2_idle_timeout: Duration,
     /// A client that accepts no response bytes for this long is disconnected, and the
@@ -155,6 +159,8 @@ impl Limits {
     pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
     /// Default `header_timeout`.
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default `keepalive_timeout` (nginx's).
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
     /// Default `h2_idle_timeout`.
     pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
     /// Default `send_timeout`.
@@ -169,6 +175,7 @@ impl Default for Limits {
             max_connections: None,
             listen_backlog: Limits::DEFAULT_LISTEN_BACKLOG,
             header_timeout: Limits::DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout: Limits::DEFAULT_KEEPALIVE_TIMEOUT,
             h2_idle_timeout: Limits::DEFAULT_H2_IDLE_TIMEOUT,
             send_timeout: Limits::DEFAULT_SEND_TIMEOUT,
             h2_max_concurrent_streams: Limits::DEFAULT_H2_MAX_CONCURRENT_STREAMS,

@@ -77,6 +77,7 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<u32>>,
     pub listen_backlog: Option<Spanned<u32>>,
     pub header_timeout: Option<Spanned<DurationValue>>,
+    pub keepalive_timeout: Option<Spanned<DurationValue>>,
     pub h2_idle_timeout: Option<Spanned<DurationValue>>,
     pub send_timeout: Option<Spanned<DurationValue>>,
     pub h2_max_concurrent_streams: Option<Spanned<u32>>,

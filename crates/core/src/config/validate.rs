@@ -521,6 +521,13 @@ impl Validator {
                 hours(1),
                 defaults.header_timeout,
             ),
+            keepalive_timeout: span(
+                &raw.keepalive_timeout,
+                "keepalive_timeout",
+                ms(100),
+                hours(1),
+                defaults.keepalive_timeout,
+            ),
             h2_idle_timeout: span(
                 &raw.h2_idle_timeout,
                 "h2_idle_timeout",
