@@ -262,9 +262,15 @@ backend canary
 
 # For the idle-connections benchmark: as nginx's `keepalive_timeout 300s` and HAProxy's
 # `timeout http-keep-alive 300s`, an idle keep-alive connection lives 300 s (Rampart closes it
-# after `header_timeout`, 30 s by default), and the cap is above the largest count measured
+# after `keepalive_timeout`, 75 s by default), and the cap is above the largest count measured
 # (by default it is (open-file limit - 128) / 2, below 10,000 with a limit of 20,000).
 IDLE_LIMITS = """limits:
+  max_connections: 16000
+  keepalive_timeout: 300s
+"""
+# The same for a binary from before `keepalive_timeout`, whose `header_timeout` also closed
+# idle keep-alive connections.
+IDLE_LIMITS_BEFORE_KEEPALIVE = """limits:
   max_connections: 16000
   header_timeout: 300s
 """
@@ -733,7 +739,8 @@ def render(args, targets, results, low, bursts, idle, meta):
                      "connections it still holds (`ss`) are read; then all close, and once the target "
                      f"holds none, {args.idle_settle:.0f} s later, the RSS is read again. Per connection "
                      "= (RSS at N − idle RSS) / connections held. Rampart runs with `limits: {max_connections: "
-                     "16000, header_timeout: 300s}` here (a binary without the `limits` block has "
+                     "16000, keepalive_timeout: 300s}` here (`header_timeout: 300s` for a binary from before "
+                     "`keepalive_timeout`; a binary without the `limits` block has "
                      "neither an idle deadline nor a cap), so its idle connections live as long as "
                      "nginx's and HAProxy's. "
                      f"Open-files limit for the client and the targets: {args.fd_limit}"
@@ -986,13 +993,15 @@ def main():
         def rampart_idle(binary, i):
             def cmd(port):
                 path = os.path.join(workdir, f"rampart-idle-{i}.yaml")
-                with open(path, "w") as f:
-                    f.write(rampart_conf(port, free_port(), stable_port, canary_port, IDLE_LIMITS))
-                # A binary older than the `limits` block (it had no idle deadline nor cap)
-                # refuses the field: give it the config without it.
-                if subprocess.run([binary, "check", "-c", path], capture_output=True, timeout=60).returncode:
+                # An older binary refuses a field it does not know: before `keepalive_timeout`
+                # give it `header_timeout`, before the `limits` block (no idle deadline nor
+                # cap) nothing.
+                for limits in (IDLE_LIMITS, IDLE_LIMITS_BEFORE_KEEPALIVE, ""):
                     with open(path, "w") as f:
-                        f.write(rampart_conf(port, free_port(), stable_port, canary_port))
+                        f.write(rampart_conf(port, free_port(), stable_port, canary_port, limits))
+                    if subprocess.run([binary, "check", "-c", path], capture_output=True,
+                                      timeout=60).returncode == 0:
+                        break
                 return [binary, "run", "-c", path]
             return cmd
 
