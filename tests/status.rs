@@ -12,7 +12,10 @@
 
 mod common;
 
-use common::{config, find_identity, free_port, send, sha256_hex, Rampart, TempDir, Upstream};
+use common::{
+    config, find_identity, free_port, run_to_exit, send, sha256_hex, CliOutput, Rampart, TempDir,
+    Upstream,
+};
 use rampart_admin::status::{BreakerState, KillSource, RolloutPhase, Status};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -31,52 +34,18 @@ fn tokens_yaml() -> String {
     )
 }
 
-/// What a `rampart status` run printed.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `rampart ARGS...` with `env` (and no inherited `RAMPART_ADMIN_TOKEN` or `NO_COLOR`),
 /// stdout piped; at most 15 s.
-fn rampart_cli(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let dir = TempDir::new("status-cli");
-    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+fn rampart_cli(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let mut command = Command::new(common::RAMPART);
     command
         .args(args)
         .env_remove("RAMPART_ADMIN_TOKEN")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap());
+        .env_remove("NO_COLOR");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn rampart");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut status = None;
-    for _ in 0..1500 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("rampart {args:?} did not exit within 15 s");
-    };
-    Out {
-        code: status.code(),
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    }
+    run_to_exit(&mut command, Duration::from_secs(15))
 }
 
 async fn admin_call(rampart: &Rampart, admin: SocketAddr, method: &str, path: &str) -> u16 {

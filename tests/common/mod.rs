@@ -789,21 +789,29 @@ impl CliOutput {
 
 /// Runs `rampart ARGS...` to completion (at most 10 s, then it is killed and the test fails).
 pub fn run_cli(args: &[&str]) -> CliOutput {
+    let mut command = Command::new(RAMPART);
+    command
+        .args(args)
+        .env_remove("RAMPART_CONFIG")
+        .env_remove("RAMPART_LOG_FORMAT");
+    run_to_exit(&mut command, Duration::from_secs(10))
+}
+
+/// Runs `command` (stdin empty, stdout and stderr captured to files) until it exits, at most
+/// `limit`; past it the process is killed and the test fails.
+pub fn run_to_exit(command: &mut Command, limit: Duration) -> CliOutput {
     let dir = TempDir::new("cli");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
-    let mut child = Command::new(RAMPART)
-        .args(args)
-        .env_remove("RAMPART_CONFIG")
-        .env_remove("RAMPART_LOG_FORMAT")
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("spawn rampart");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
     let mut status = None;
-    for _ in 0..1000 {
+    for _ in 0..(limit.as_millis() / 10 + 1) {
         if let Some(s) = child.try_wait().unwrap() {
             status = Some(s);
             break;
@@ -816,7 +824,7 @@ pub fn run_cli(args: &[&str]) -> CliOutput {
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("rampart {args:?} did not exit within 10 s");
+        panic!("{command:?} did not exit within {limit:?}");
     };
     CliOutput {
         code: status.code(),
