@@ -8,6 +8,7 @@
 
 use crate::completion::Completion;
 use crate::failure::ClientFault;
+use crate::h1::RequestBody;
 use crate::upstream::InflightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -140,7 +141,7 @@ pub struct IdleTimeout(pub Duration);
 /// refused HTTP/2 stream (hyper may already have read and sent part of the body, e.g. a gRPC
 /// message, before the upstream's REFUSED_STREAM arrived), [`Reclaim::take`] gives a body
 /// that replays what was read and then continues with the unread rest.
-pub struct ReclaimableBody<B = Incoming> {
+pub struct ReclaimableBody<B = RequestBody> {
     shared: Arc<Mutex<Reclaimed<B>>>,
     /// Frames an earlier attempt read, sent first (the retry's body).
     replay: VecDeque<Frame<Bytes>>,
@@ -178,7 +179,7 @@ impl<B> Reclaimed<B> {
 }
 
 /// The handler's side of a [`ReclaimableBody`].
-pub struct Reclaim<B = Incoming> {
+pub struct Reclaim<B = RequestBody> {
     shared: Arc<Mutex<Reclaimed<B>>>,
 }
 
@@ -300,7 +301,7 @@ pin_project! {
     #[project = ReqSourceProj]
     pub enum ReqSource {
         /// The client's body, streamed (frames at most `idle_timeout` apart).
-        Streamed { #[pin] body: IdleBody<Incoming> },
+        Streamed { #[pin] body: IdleBody<RequestBody> },
         /// The client's body, replayable for one retry (see [`ReclaimableBody`]).
         Reclaimable { #[pin] body: IdleBody<ReclaimableBody> },
         /// A buffered body (retries of small idempotent requests).

@@ -17,6 +17,7 @@ use crate::body::{reclaimable, ClientBodyError, FaultCell, IdleBody, Reclaim};
 use crate::body::{End, ReqBody, ReqSource, RespBody};
 use crate::completion::{grpc_status, record_attempt, Completion, Verdict};
 use crate::failure::{classify, AttemptError, FallbackReason, OwnError, UpstreamFailure};
+use crate::h1::{ClientUpgrade, RequestBody};
 use crate::headers::{self, X_RAMPART_BACKEND, X_RAMPART_ERROR, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::snapshot::{RouteRuntime, SlotRuntime, Snapshot};
@@ -139,7 +140,7 @@ struct UpstreamHead {
 /// connection once hyper hands it over.
 struct Upgrade {
     protocol: HeaderValue,
-    client: Option<hyper::upgrade::OnUpgrade>,
+    client: Option<ClientUpgrade>,
 }
 
 /// The backend a request goes to, holding one of its upstream's in-flight slots.
@@ -221,7 +222,7 @@ impl ProxyState {
     pub async fn handle(
         self: &Arc<Self>,
         conn: ConnInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Response<RespBody> {
         // 1. admit
         let started = Instant::now();
@@ -516,7 +517,7 @@ fn take_upgrade(parts: &mut http::request::Parts) -> Option<Upgrade> {
     let protocol = upgrade_protocol(parts)?;
     Some(Upgrade {
         protocol,
-        client: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        client: parts.extensions.remove::<ClientUpgrade>(),
     })
 }
 
@@ -569,7 +570,7 @@ async fn prepare_body(
     record: &Completion,
     target: &Target<'_>,
     head: &UpstreamHead,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<((ReqBody, Option<Arc<FaultCell>>), RetryBody), crate::failure::ClientFault> {
     let fallback = record
         .route
@@ -660,20 +661,23 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
 /// Copies bytes both ways between the upgraded client and upstream connections until
 /// either side closes; the upstream's in-flight slot is held for the tunnel's life.
 fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     guard: Option<InflightGuard>,
 ) {
     tokio::spawn(async move {
         let _guard = guard;
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
+        let (mut client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(e), _) => {
+                tracing::debug!(error = %e, "the client's connection was not handed over");
+                return;
+            }
+            (_, Err(e)) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
         let mut upstream = hyper_util::rt::TokioIo::new(upstream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),

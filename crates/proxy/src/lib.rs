@@ -14,7 +14,7 @@ pub mod connection;
 pub mod decide;
 pub mod facts;
 pub mod failure;
-pub mod h1_inspect;
+pub mod h1;
 pub mod handler;
 pub mod headers;
 pub mod health;
@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod ticking;
 pub mod tls;
 pub mod upstream;
+pub mod watched_io;
 
 pub use handler::ProxyState;
 pub use metrics::Metrics;

@@ -13,18 +13,20 @@
 
 use crate::body::RespBody;
 use crate::connection::{ClientBody, ConnWatch};
-use crate::h1_inspect::{H1Flags, InspectedIo};
+use crate::h1::body::RequestBody;
+use crate::h1::conn::{check_host, Served};
+use crate::h1::{H1Settings, IdleRead};
 use crate::handler::{own_response, ConnInfo, ProxyState};
-use http::header::{HeaderValue, CONNECTION, HOST};
-use http::{StatusCode, Version};
+use crate::watched_io::WatchedIo;
+use http::StatusCode;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rampart_core::config::Limits;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -83,19 +85,10 @@ pub fn default_max_connections() -> u32 {
     u32::try_from(usable.max(16)).unwrap_or(u32::MAX)
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// hyper's HTTP/2 server as the data plane runs it.
+fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's header timeout runs from the moment it waits for a head: on a kept-alive
-        // connection that is the idle time plus the head's. The first request's head is
-        // bounded by `header_timeout` in `serve_http`, from accept.
-        .header_read_timeout(limits.keepalive_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADER_COUNT);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.h2_max_concurrent_streams);
@@ -188,7 +181,7 @@ pub async fn serve(
         tls,
         drain: Arc::clone(&drain),
     });
-    let mut builder: Option<(Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut builder: Option<(Limits, Arc<http2::Builder<TokioExecutor>>)> = None;
     let mut cap_log = Throttled::new();
     let mut accept_log = Throttled::new();
     let mut accept_backoff = Duration::ZERO;
@@ -253,7 +246,7 @@ pub async fn serve(
         let builder = match &builder {
             Some((built_for, b)) if *built_for == limits => Arc::clone(b),
             _ => {
-                let b = Arc::new(self::builder(&limits));
+                let b = Arc::new(h2_builder(&limits));
                 builder = Some((limits, Arc::clone(&b)));
                 b
             }
@@ -295,7 +288,7 @@ impl Drop for OpenGuard<'_> {
 /// the connection's deadlines.
 async fn connection(
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     limits: Limits,
     stream: TcpStream,
     conn: ConnInfo,
@@ -306,7 +299,7 @@ async fn connection(
     let _open = OpenGuard::new(&shared.state);
     let _ = stream.set_nodelay(true);
     match &shared.tls {
-        None => serve_http(&shared, &builder, limits, stream, conn, accepted_at).await,
+        None => serve_http(&shared, &builder, limits, stream, conn, accepted_at, false).await,
         // Boxed: the TLS session and handshake state would otherwise size every
         // connection's task, plaintext ones included.
         Some(acceptor) => {
@@ -328,7 +321,7 @@ async fn connection(
 async fn serve_tls(
     shared: &Shared,
     acceptor: &TlsAcceptor,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &http2::Builder<TokioExecutor>,
     limits: Limits,
     stream: TcpStream,
     conn: ConnInfo,
@@ -338,7 +331,8 @@ async fn serve_tls(
     let handshake_deadline = header_deadline.min(accepted_at + TLS_HANDSHAKE_TIMEOUT);
     match tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
-            serve_http(shared, builder, limits, tls_stream, conn, accepted_at).await
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(shared, builder, limits, tls_stream, conn, accepted_at, h2).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => {
@@ -358,24 +352,67 @@ fn count_timeout(state: &ProxyState, timeout: &str) {
         .inc();
 }
 
-/// Serves HTTP on `io` until the connection ends, a deadline closes it, or the drain has
-/// asked it to close and it has.
+/// Serves HTTP on `io`: HTTP/2 when ALPN chose it (`h2`), else HTTP/1.x by Rampart's own
+/// server, which hands the connection to HTTP/2 when it starts with the prior-knowledge
+/// preface.
 async fn serve_http<I>(
     shared: &Shared,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &http2::Builder<TokioExecutor>,
     limits: Limits,
     io: I,
     conn: ConnInfo,
     accepted_at: Instant,
+    h2: bool,
+) where
+    I: AsyncRead + AsyncWrite + IdleRead + Unpin + Send + 'static,
+{
+    let mut drain = shared.drain.subscribe();
+    if h2 {
+        return serve_h2(shared, builder, limits, io, conn, accepted_at, drain).await;
+    }
+    let served = crate::h1::serve_h1(
+        &shared.state,
+        &shared.state.metrics,
+        io,
+        conn,
+        accepted_at,
+        H1Settings::from(&limits),
+        &mut drain,
+    )
+    .await;
+    if let Served::Http2(io) = served {
+        // Boxed: HTTP/2's connection state would otherwise size every connection's task.
+        Box::pin(serve_h2(
+            shared,
+            builder,
+            limits,
+            io,
+            conn,
+            accepted_at,
+            drain,
+        ))
+        .await;
+    }
+}
+
+/// Serves HTTP/2 on `io` until the connection ends, a deadline closes it, or the drain has
+/// asked it to close and it has.
+async fn serve_h2<I>(
+    shared: &Shared,
+    builder: &http2::Builder<TokioExecutor>,
+    limits: Limits,
+    io: I,
+    conn: ConnInfo,
+    accepted_at: Instant,
+    mut drain: watch::Receiver<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut drain = shared.drain.subscribe();
     let watch = Arc::new(ConnWatch::new(accepted_at));
-    let (service, mut io) = service_for(&shared.state, conn, io, &watch);
-    io.set_send_timeout(limits.send_timeout);
-    let flags = Arc::clone(io.flags());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let service = service_for(&shared.state, conn, &watch);
+    let io = WatchedIo::new(io, limits.send_timeout);
+    let timed_out = io.timed_out();
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
 
     let header_deadline = accepted_at + limits.header_timeout;
@@ -388,7 +425,12 @@ async fn serve_http<I>(
             biased;
             ended = connection.as_mut() => {
                 if let Err(error) = ended {
-                    record_connection_error(&shared.state, error.as_ref(), &flags);
+                    if timed_out.load(Ordering::Acquire) {
+                        count_timeout(&shared.state, "send_timeout");
+                        tracing::debug!(error = %error, "client accepted no bytes for send_timeout: connection closed");
+                    } else {
+                        tracing::debug!(error = %error, "HTTP/2 connection ended with an error");
+                    }
                 }
                 return;
             }
@@ -400,7 +442,7 @@ async fn serve_http<I>(
                 continue;
             }
             _ = watch.first_request(), if watch.requests() == 0 => {}
-            _ = watch.became_idle(), if !draining && watch.is_h2() => {}
+            _ = watch.became_idle(), if !draining => {}
             _ = &mut timer, if ticking => {}
         }
 
@@ -414,12 +456,6 @@ async fn serve_http<I>(
             }
             timer.as_mut().reset(header_deadline);
             ticking = true;
-            continue;
-        }
-        if !watch.is_h2() {
-            // HTTP/1.1: hyper's header timeout (`keepalive_timeout`) bounds each later head
-            // and the wait for it, the write watchdog in the I/O a client that stops reading.
-            ticking = false;
             continue;
         }
         if watch.open() == 0 {
@@ -454,44 +490,32 @@ async fn serve_http<I>(
     }
 }
 
-/// The per-connection service: refuses requests the framing inspector flagged and
-/// requests with a bad `Host`, then hands each request to the proxy. The closure's future
-/// is not boxed: no allocation per request.
-fn service_for<I>(
+/// The per-connection HTTP/2 service: refuses requests with a bad `Host`, then hands each
+/// request to the proxy. The closure's future is not boxed: no allocation per request.
+fn service_for(
     state: &Arc<ProxyState>,
     conn: ConnInfo,
-    io: I,
     watch: &Arc<ConnWatch>,
-) -> (
-    impl hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ClientBody>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    InspectedIo<I>,
-) {
-    let io = InspectedIo::new(io);
-    let flags: Arc<H1Flags> = Arc::clone(io.flags());
-    let requests = Arc::new(AtomicU64::new(0));
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<ClientBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let state = Arc::clone(state);
     let watch = Arc::clone(watch);
-    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+    service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let state = Arc::clone(&state);
-        let index = requests.fetch_add(1, Ordering::Relaxed);
-        let in_flight = watch.request(request.version() == Version::HTTP_2);
-        let refused = if flags.is_smuggling(index) {
-            Some("content_length_and_transfer_encoding")
-        } else {
-            check_host(&mut request).err()
-        };
-        let version = request.version();
+        let in_flight = watch.request(true);
+        let (parts, body) = request.into_parts();
+        let mut request = http::Request::from_parts(parts, RequestBody::Http2(body));
+        let refused = check_host(&mut request).err();
         async move {
             let response = match refused {
-                Some(reason) => refuse(&state, reason, version),
+                Some(reason) => refuse(&state, reason),
                 None => state.handle(conn, request).await,
             };
             let (head, body) = response.into_parts();
@@ -500,76 +524,12 @@ fn service_for<I>(
                 ClientBody::new(body, in_flight),
             ))
         }
-    });
-    (service, io)
+    })
 }
 
-/// RFC 9112 section 3.2: a request with more than one `Host`, or an HTTP/1.1 request
-/// without one, is refused; an absolute-form target's authority (or HTTP/2's `:authority`)
-/// replaces `Host`. Returns the refusal reason.
-fn check_host(request: &mut http::Request<hyper::body::Incoming>) -> Result<(), &'static str> {
-    let (present, duplicate) = {
-        let mut hosts = request.headers().get_all(HOST).iter();
-        (hosts.next().cloned(), hosts.next().is_some())
-    };
-    if duplicate {
-        return Err("duplicate_host");
-    }
-    match (request.uri().authority(), present) {
-        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
-            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                request.headers_mut().insert(HOST, value);
-            }
-            Ok(())
-        }
-        (Some(_), _) => Ok(()),
-        (None, None) if request.version() == Version::HTTP_11 => Err("missing_host"),
-        (None, _) => Ok(()),
-    }
-}
-
-/// 400 for a malformed request (counted by `reason`); HTTP/1.x connections are closed.
-fn refuse(state: &ProxyState, reason: &'static str, version: Version) -> http::Response<RespBody> {
+/// 400 for a malformed HTTP/2 request (counted by `reason`).
+fn refuse(state: &ProxyState, reason: &'static str) -> http::Response<RespBody> {
     state.metrics.malformed.with_label_values(&[reason]).inc();
     tracing::info!(reason, "malformed request refused");
-    let mut response = own_response(StatusCode::BAD_REQUEST, "bad_request", false);
-    if version != Version::HTTP_2 {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// Counts requests hyper refused while parsing (it answers 400 or 431 itself) and
-/// connections a write watchdog ended; a client that closed in the middle of the HTTP/2
-/// preface is neither.
-fn record_connection_error(
-    state: &ProxyState,
-    error: &(dyn std::error::Error + 'static),
-    flags: &H1Flags,
-) {
-    if flags.send_timed_out() {
-        count_timeout(state, "send_timeout");
-        tracing::debug!(error = %error, "client accepted no bytes for send_timeout: connection closed");
-        return;
-    }
-    if flags.closed_in_preface() {
-        tracing::debug!(error = %error, "client closed during the HTTP/2 preface");
-        return;
-    }
-    let Some(hyper_error) = error.downcast_ref::<hyper::Error>() else {
-        tracing::debug!(error = %error, "connection ended with an error");
-        return;
-    };
-    let reason = if hyper_error.is_parse_too_large() {
-        "header_too_large"
-    } else if hyper_error.is_parse() {
-        "bad_request"
-    } else {
-        tracing::debug!(error = %error, "connection ended with an error");
-        return;
-    };
-    state.metrics.malformed.with_label_values(&[reason]).inc();
-    tracing::info!(reason, error = %error, "malformed request refused");
+    own_response(StatusCode::BAD_REQUEST, "bad_request", false)
 }

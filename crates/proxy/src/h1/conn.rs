@@ -1,0 +1,913 @@
+//! The HTTP/1.1 connection driver: one task per client connection reads request heads,
+//! hands each request to the proxy, feeds the request body as the proxy asks for it, writes
+//! the response, and then keeps the connection for the next request or closes it.
+//!
+//! Memory: while a connection waits for its next request it holds no buffer at all (a
+//! plain TCP socket is polled for readiness first; a read buffer is taken only when bytes
+//! are there) and its task is the driver's state, a few hundred bytes. Buffers live for the
+//! length of one exchange.
+//!
+//! Deadlines (docs/proxying.md#hostile-clients): the first complete head within
+//! `header_timeout` of accept; each later head within `keepalive_timeout` of the previous
+//! response's end; a write that makes no progress for `send_timeout` ends the connection.
+//! A request body's pace is bounded by the upstream's `idle_timeout` in the proxy's body.
+//!
+//! Refusals: a head that does not parse or breaks the framing rules ([`codec`]) gets 400
+//! (431 when too large) with `connection: close`, is counted in
+//! `rampart_malformed_requests_total{reason}`, and never reaches the proxy. So do the `Host`
+//! rules (RFC 9112 section 3.2). A bad chunk mid-body fails the body the proxy is reading;
+//! the proxy answers 400 and the connection closes.
+
+use super::body::{Chan, ClientUpgrade, Demand, H1Body, RequestBody, UpgradeIo, Upgraded};
+use super::codec::{self, Chunk, ChunkedDecoder, ParseError, RequestFraming, ResponseFraming};
+use super::io::{IdleRead, Prefixed};
+use crate::body::RespBody;
+use crate::handler::{ConnInfo, ProxyState};
+use crate::metrics::Metrics;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use rampart_core::config::Limits;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+/// What the prior-knowledge HTTP/2 client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// First read buffer of an exchange: a typical request head fits many times over.
+const HEAD_READ: usize = 4 * 1024;
+/// Read size while a request body streams.
+const BODY_READ: usize = 16 * 1024;
+/// Largest body frame handed to the proxy at once.
+const MAX_FRAME: usize = 64 * 1024;
+/// Response body frames up to this size are copied beside the head or chunk framing, so
+/// one write carries them; larger ones are written from their own buffer.
+const COPY_LIMIT: usize = 4 * 1024;
+/// Pending output that is written before the next frame is taken from the body.
+const FLUSH_AT: usize = 16 * 1024;
+/// Pipelined bytes read ahead while a request is served, at most.
+const READ_AHEAD_LIMIT: usize = codec::MAX_HEAD_BYTES;
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The limits one connection runs under, read from the snapshot when it was accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct H1Settings {
+    /// From accept to the first complete request head.
+    pub header_timeout: Duration,
+    /// From the end of a response to the next complete request head.
+    pub keepalive_timeout: Duration,
+    /// Longest a write may make no progress.
+    pub send_timeout: Duration,
+}
+
+impl From<&Limits> for H1Settings {
+    fn from(limits: &Limits) -> H1Settings {
+        H1Settings {
+            header_timeout: limits.header_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            send_timeout: limits.send_timeout,
+        }
+    }
+}
+
+/// What answers the requests of a connection: the proxy ([`ProxyState::handle`]), or a
+/// stand-in in tests and fuzzing.
+pub trait Service: Send + Sync {
+    /// The response to `request`, which came on connection `conn`.
+    fn call(
+        &self,
+        conn: ConnInfo,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Response<RespBody>> + Send;
+}
+
+impl Service for Arc<ProxyState> {
+    fn call(
+        &self,
+        conn: ConnInfo,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Response<RespBody>> + Send {
+        self.handle(conn, request)
+    }
+}
+
+/// How a connection served by [`serve_h1`] ended.
+#[derive(Debug)]
+pub enum Served<I> {
+    /// Closed (or handed to an upgrade's tunnel).
+    Done,
+    /// The client sent the HTTP/2 prior-knowledge preface: serve HTTP/2 on this I/O (the
+    /// preface and whatever followed it are put back in front).
+    Http2(Prefixed<I>),
+}
+
+/// Serves HTTP/1.x on `io` until the connection closes, a deadline passes, the drain asks
+/// it to close, or it turns out to be HTTP/2 (returned for hyper to serve).
+pub async fn serve_h1<I, S: Service>(
+    service: &S,
+    metrics: &Metrics,
+    io: I,
+    conn: ConnInfo,
+    accepted_at: Instant,
+    settings: H1Settings,
+    drain: &mut watch::Receiver<()>,
+) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + IdleRead + Unpin + Send + 'static,
+{
+    let mut driver = Driver {
+        service,
+        metrics,
+        io,
+        buf: BytesMut::new(),
+        out: Outgoing::default(),
+        conn,
+        settings,
+        send_sleep: None,
+        send_armed: false,
+        responding: false,
+    };
+    let mut deadline = accepted_at + settings.header_timeout;
+    let mut first = true;
+    loop {
+        let head = match driver.read_head(deadline, first, drain).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Http2 => {
+                let prefix = std::mem::take(&mut driver.buf).freeze();
+                return Served::Http2(Prefixed::new(prefix, driver.io));
+            }
+            HeadRead::Refused(error) => {
+                driver.refuse_head(error).await;
+                return Served::Done;
+            }
+            HeadRead::TimedOut => {
+                if first {
+                    count_timeout(metrics, "header_timeout");
+                    tracing::debug!(peer = %conn.peer, timeout = ?settings.header_timeout, "no complete request head in time: connection closed");
+                } else {
+                    tracing::debug!(peer = %conn.peer, timeout = ?settings.keepalive_timeout, "idle keep-alive connection closed");
+                }
+                driver.shutdown().await;
+                return Served::Done;
+            }
+            HeadRead::Closed => return Served::Done,
+        };
+        first = false;
+        match driver.exchange(head, drain).await {
+            Next::KeepAlive => {}
+            Next::Close => {
+                driver.shutdown().await;
+                return Served::Done;
+            }
+            Next::Upgrade(tx) => {
+                let read_ahead = std::mem::take(&mut driver.buf).freeze();
+                let io: Box<dyn UpgradeIo> = Box::new(driver.io);
+                let _ = tx.send(Prefixed::new(read_ahead, io));
+                return Served::Done;
+            }
+            Next::Gone => return Served::Done,
+        }
+        deadline = Instant::now() + settings.keepalive_timeout;
+        driver.idle();
+    }
+}
+
+/// The result of waiting for a request head.
+// The head is the common case, moved once per request: boxing it would cost an allocation
+// per request to shrink the rare variants.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(codec::RequestHead),
+    Http2,
+    Refused(ParseError),
+    TimedOut,
+    Closed,
+}
+
+/// What the connection does after an exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    Upgrade(oneshot::Sender<Upgraded>),
+    /// The connection failed (the client went away, a write timed out): nothing to close
+    /// politely.
+    Gone,
+}
+
+/// Output waiting to be written: `bytes[pos..]`, then `data`, then `tail`.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    pos: usize,
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.pos >= self.bytes.len() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    /// Whether the output must be written before more is added.
+    fn must_flush(&self) -> bool {
+        !self.data.is_empty() || self.bytes.len() - self.pos >= FLUSH_AT
+    }
+
+    /// Adds a body frame (as a chunk when `chunked`). Only when `data` is empty.
+    fn push_data(&mut self, data: Bytes, chunked: bool) {
+        if chunked {
+            codec::encode_chunk_size(data.len(), &mut self.bytes);
+        }
+        if data.len() <= COPY_LIMIT {
+            self.bytes.extend_from_slice(&data);
+            if chunked {
+                self.bytes.extend_from_slice(b"\r\n");
+            }
+        } else {
+            self.data = data;
+            self.tail = if chunked { b"\r\n" } else { b"" };
+        }
+    }
+
+    /// Notes `n` bytes written.
+    fn advance(&mut self, mut n: usize) {
+        let in_bytes = (self.bytes.len() - self.pos).min(n);
+        self.pos += in_bytes;
+        n -= in_bytes;
+        let in_data = self.data.len().min(n);
+        let _ = self.data.split_to(in_data);
+        n -= in_data;
+        let in_tail = self.tail.len().min(n);
+        self.tail = self.tail.get(in_tail..).unwrap_or_default();
+        if self.pos >= self.bytes.len() {
+            self.bytes.clear();
+            self.pos = 0;
+        }
+    }
+}
+
+/// The request body as the driver reads it from the connection.
+struct Feeder {
+    chan: Arc<Chan>,
+    framing: Framing,
+    /// `Expect: 100-continue` not yet answered.
+    continue_pending: bool,
+    /// The whole body was read from the connection.
+    done: bool,
+    /// The body failed (bad chunk, client gone) or was dropped unread: the connection
+    /// cannot carry another request.
+    broken: bool,
+}
+
+enum Framing {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// The state of one connection.
+struct Driver<'s, I, S> {
+    service: &'s S,
+    metrics: &'s Metrics,
+    io: I,
+    /// Read buffer; no capacity while the connection is idle.
+    buf: BytesMut,
+    out: Outgoing,
+    conn: ConnInfo,
+    settings: H1Settings,
+    /// The send-timeout timer, made the first time a write blocks.
+    send_sleep: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current blocked write.
+    send_armed: bool,
+    /// The response head was queued: no more `100 Continue`.
+    responding: bool,
+}
+
+impl<I, S> Driver<'_, I, S>
+where
+    I: AsyncRead + AsyncWrite + IdleRead + Unpin + Send + 'static,
+    S: Service,
+{
+    /// Gives back what an idle connection does not need.
+    fn idle(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.out = Outgoing::default();
+        self.responding = false;
+    }
+
+    /// Reads more bytes into `buf`; waits for readiness first when `buf` has no memory.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, chunk: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            ready!(self.io.poll_idle_readable(cx))?;
+        }
+        if self.buf.capacity() - self.buf.len() < chunk / 4 {
+            self.buf.reserve(chunk);
+        }
+        let read = self.io.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+
+    /// Reads ahead while a request is being served, to notice a client that closes the
+    /// connection (as hyper does): ready when it has. Pipelined requests are kept in the
+    /// buffer, up to [`READ_AHEAD_LIMIT`] bytes; past that the client is not watched.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.buf.len() < READ_AHEAD_LIMIT {
+            match ready!(self.poll_read_more(cx, HEAD_READ)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next complete request head, or for the connection to end.
+    async fn read_head(
+        &mut self,
+        deadline: Instant,
+        first: bool,
+        drain: &mut watch::Receiver<()>,
+    ) -> HeadRead {
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        loop {
+            if !self.buf.is_empty() {
+                if first
+                    && H2_PREFACE.starts_with(&self.buf[..self.buf.len().min(H2_PREFACE.len())])
+                {
+                    if self.buf.len() >= H2_PREFACE.len() {
+                        return HeadRead::Http2;
+                    }
+                } else {
+                    match codec::parse_request(&mut self.buf) {
+                        Ok(Some(head)) => return HeadRead::Head(head),
+                        Ok(None) => {}
+                        Err(error) => return HeadRead::Refused(error),
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            tokio::select! {
+                biased;
+                read = poll_fn(|cx| self.poll_read_more(cx, HEAD_READ)) => match read {
+                    Ok(0) => {
+                        if !self.buf.is_empty() {
+                            tracing::debug!(peer = %self.conn.peer, bytes = self.buf.len(), "client closed partway through a request head");
+                        }
+                        return HeadRead::Closed;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %self.conn.peer, error = %e, "read failed");
+                        return HeadRead::Closed;
+                    }
+                },
+                // Drain: an idle connection closes now; one in the middle of a head gets
+                // its answer with `connection: close`.
+                _ = drain.changed(), if idle => return HeadRead::Closed,
+                _ = &mut timer => return HeadRead::TimedOut,
+            }
+        }
+    }
+
+    /// Answers a head that was refused, and closes.
+    async fn refuse_head(&mut self, error: ParseError) {
+        let reason = match error {
+            ParseError::TooLarge | ParseError::TooManyHeaders => "header_too_large",
+            ParseError::LengthAndEncoding => "content_length_and_transfer_encoding",
+            _ => "bad_request",
+        };
+        count_malformed(self.metrics, reason, &error);
+        let response = refusal(error.status());
+        self.write_whole(response, Version::HTTP_11).await;
+    }
+
+    /// Writes a response of Rampart's own to a request that is refused, then shuts down.
+    async fn write_whole(&mut self, response: Response<RespBody>, version: Version) {
+        let (parts, mut body) = response.into_parts();
+        let mut headers = parts.headers;
+        let (framing, _) = codec::response_framing(
+            false,
+            version,
+            false,
+            false,
+            parts.status,
+            &mut headers,
+            body.size_hint().exact(),
+        );
+        codec::encode_response_head(
+            parts.status,
+            &headers,
+            framing,
+            false,
+            version,
+            &mut self.out.bytes,
+        );
+        self.responding = true;
+        let mut writing = BodyWrite::new(framing);
+        let mut no_feed = None;
+        let written =
+            poll_fn(|cx| self.poll_exchange(cx, &mut no_feed, &mut body, &mut writing)).await;
+        if written.is_ok() {
+            self.shutdown().await;
+        }
+    }
+
+    /// Serves one request: the proxy's answer to it, or Rampart's refusal.
+    async fn exchange(
+        &mut self,
+        head: codec::RequestHead,
+        drain: &mut watch::Receiver<()>,
+    ) -> Next {
+        let codec::RequestHead {
+            method,
+            uri,
+            version,
+            headers,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let is_head = method == Method::HEAD;
+        let (body, mut feeder) = match framing {
+            RequestFraming::Empty | RequestFraming::Length(0) => (RequestBody::Empty, None),
+            RequestFraming::Length(n) => {
+                let chan = Arc::new(Chan::default());
+                (
+                    RequestBody::Http1(H1Body::new(Arc::clone(&chan), Some(n))),
+                    Some(Feeder::new(chan, Framing::Length(n), expect_continue)),
+                )
+            }
+            RequestFraming::Chunked => {
+                let chan = Arc::new(Chan::default());
+                (
+                    RequestBody::Http1(H1Body::new(Arc::clone(&chan), None)),
+                    Some(Feeder::new(
+                        chan,
+                        Framing::Chunked(ChunkedDecoder::new()),
+                        expect_continue,
+                    )),
+                )
+            }
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        let upgrade = if version == Version::HTTP_11 && asks_upgrade(request.headers()) {
+            let (tx, client) = ClientUpgrade::pair();
+            request.extensions_mut().insert(client);
+            Some(tx)
+        } else {
+            None
+        };
+
+        let (response, refused) = match check_host(&mut request) {
+            Err(reason) => {
+                count_malformed(self.metrics, reason, &reason);
+                (refusal(StatusCode::BAD_REQUEST), true)
+            }
+            Ok(()) => {
+                let service = self.service;
+                let handler = service.call(self.conn, request);
+                tokio::pin!(handler);
+                let response = poll_fn(|cx| {
+                    self.poll_feed(cx, &mut feeder);
+                    if let Poll::Ready(response) = handler.as_mut().poll(cx) {
+                        return Poll::Ready(Some(response));
+                    }
+                    // A body not read to its end notices a client that leaves by itself
+                    // (the proxy sees the body fail, and answers for the client's fault).
+                    let body_open = feeder.as_ref().is_some_and(|f| !f.done);
+                    if !body_open && self.poll_client_gone(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match response {
+                    Some(response) => (response, false),
+                    None => {
+                        // Dropping the proxy's future records the request as the client's
+                        // (499) and releases what it held upstream.
+                        tracing::debug!(peer = %self.conn.peer, "client closed the connection while its request was served");
+                        return Next::Gone;
+                    }
+                }
+            }
+        };
+
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let mut headers = parts.headers;
+        let draining = drain.has_changed().unwrap_or(true);
+        let server_keep_alive = !refused && !draining && !asks_close(&headers);
+        let (framing, keep_alive) = codec::response_framing(
+            is_head,
+            version,
+            keep_alive,
+            server_keep_alive,
+            status,
+            &mut headers,
+            // A HEAD response's body is empty whatever length its head gives.
+            if is_head {
+                None
+            } else {
+                body.size_hint().exact()
+            },
+        );
+        let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        codec::encode_response_head(
+            status,
+            &headers,
+            framing,
+            keep_alive || upgrading,
+            version,
+            &mut self.out.bytes,
+        );
+        self.responding = true;
+        if upgrading {
+            drop(body);
+            let written = poll_fn(|cx| self.poll_flush_out(cx)).await;
+            return match (written, upgrade) {
+                (Ok(()), Some(tx)) => Next::Upgrade(tx),
+                _ => Next::Gone,
+            };
+        }
+        let mut writing = BodyWrite::new(if is_head {
+            ResponseFraming::None
+        } else {
+            framing
+        });
+        let written =
+            poll_fn(|cx| self.poll_exchange(cx, &mut feeder, &mut body, &mut writing)).await;
+        if let Err(e) = written {
+            tracing::debug!(peer = %self.conn.peer, error = %e, "response not completed: connection closed");
+            return Next::Gone;
+        }
+        let body_read = feeder.as_ref().is_none_or(|f| f.done && !f.broken);
+        if keep_alive && body_read {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Writes the response body while still feeding the request body (a response may
+    /// start before the request ends).
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        feeder: &mut Option<Feeder>,
+        body: &mut RespBody,
+        writing: &mut BodyWrite,
+    ) -> Poll<io::Result<()>> {
+        self.poll_feed(cx, feeder);
+        loop {
+            if self.out.must_flush() || writing.finished {
+                ready!(self.poll_flush_out(cx))?;
+                if writing.finished {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if writing.framing == ResponseFraming::None {
+                writing.finished = true;
+                continue;
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    writing.frame(frame, &mut self.out)?;
+                    if body.is_end_stream() {
+                        writing.end(&mut self.out)?;
+                    }
+                }
+                Poll::Ready(None) => writing.end(&mut self.out)?,
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(io::Error::other(e)));
+                }
+                Poll::Pending => {
+                    if !self.out.is_empty() {
+                        ready!(self.poll_flush_out(cx))?;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Feeds the request body as far as it asks and the connection allows.
+    fn poll_feed(&mut self, cx: &mut Context<'_>, feeder: &mut Option<Feeder>) {
+        let Some(f) = feeder.as_mut() else {
+            return;
+        };
+        if f.done || f.broken {
+            return;
+        }
+        loop {
+            match f.chan.demand(cx) {
+                Demand::Wait => return,
+                Demand::Dropped => {
+                    f.broken = true;
+                    return;
+                }
+                Demand::Frame => {}
+            }
+            if f.continue_pending {
+                if self.responding {
+                    f.continue_pending = false;
+                } else {
+                    if self.out.is_empty() {
+                        self.out.bytes.extend_from_slice(CONTINUE);
+                    }
+                    match self.poll_flush_out(cx) {
+                        Poll::Ready(Ok(())) => f.continue_pending = false,
+                        Poll::Ready(Err(e)) => {
+                            f.fail(e);
+                            return;
+                        }
+                        Poll::Pending => return,
+                    }
+                }
+            }
+            match f.next_frame(&mut self.buf) {
+                Ok(Some((frame, end))) => {
+                    f.chan.deliver(Some(Ok(frame)), end);
+                    f.done = end;
+                    if end {
+                        return;
+                    }
+                }
+                Ok(None) => match self.poll_read_more(cx, BODY_READ) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(0)) => {
+                        f.fail(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "client closed before the end of the request body",
+                        ));
+                        return;
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        f.fail(e);
+                        return;
+                    }
+                },
+                Err(error) => {
+                    f.fail(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        error.to_string(),
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes all pending output, under the send-timeout watchdog.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let rest = self.out.bytes.get(self.out.pos..).unwrap_or_default();
+            let slices = [
+                io::IoSlice::new(rest),
+                io::IoSlice::new(&self.out.data),
+                io::IoSlice::new(self.out.tail),
+            ];
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.send_armed = false;
+                    self.out.advance(n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    ready!(self.poll_send_timer(cx))?;
+                }
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(result) => {
+                self.send_armed = false;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                ready!(self.poll_send_timer(cx))?;
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A write is blocked: starts the send timer if it is not running, and fails once it
+    /// has run out.
+    fn poll_send_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let deadline = Instant::now() + self.settings.send_timeout;
+        let sleep = match self.send_sleep.as_mut() {
+            Some(sleep) => {
+                if !self.send_armed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .send_sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.send_armed = true;
+        ready!(sleep.as_mut().poll(cx));
+        count_timeout(self.metrics, "send_timeout");
+        tracing::debug!(peer = %self.conn.peer, timeout = ?self.settings.send_timeout, "client accepted no bytes for send_timeout: connection closed");
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Flushes what is left and closes the sending side, giving up after `send_timeout`.
+    async fn shutdown(&mut self) {
+        let _ = poll_fn(|cx| self.poll_flush_out(cx)).await;
+        let _ = tokio::time::timeout(
+            self.settings.send_timeout,
+            tokio::io::AsyncWriteExt::shutdown(&mut self.io),
+        )
+        .await;
+    }
+}
+
+impl Feeder {
+    fn new(chan: Arc<Chan>, framing: Framing, continue_pending: bool) -> Feeder {
+        Feeder {
+            chan,
+            framing,
+            continue_pending,
+            done: false,
+            broken: false,
+        }
+    }
+
+    /// Ends the body with `error`.
+    fn fail(&mut self, error: io::Error) {
+        self.chan.deliver(Some(Err(error)), true);
+        self.broken = true;
+    }
+
+    /// The next frame from `buf`, and whether it is the last; `None` when more bytes are
+    /// needed.
+    fn next_frame(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Frame<Bytes>, bool)>, codec::ChunkError> {
+        match &mut self.framing {
+            Framing::Length(remaining) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len())
+                    .min(MAX_FRAME);
+                *remaining -= n as u64;
+                Ok(Some((
+                    Frame::data(buf.split_to(n).freeze()),
+                    *remaining == 0,
+                )))
+            }
+            Framing::Chunked(decoder) => match decoder.decode(buf, MAX_FRAME)? {
+                Some(Chunk::Data(data)) => Ok(Some((Frame::data(data), false))),
+                Some(Chunk::End(trailers)) => Ok(Some((Frame::trailers(trailers), true))),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+/// Where the writing of a response body stands.
+struct BodyWrite {
+    framing: ResponseFraming,
+    /// Data bytes written, against a `Content-Length`.
+    written: u64,
+    trailers: Option<HeaderMap>,
+    finished: bool,
+}
+
+impl BodyWrite {
+    fn new(framing: ResponseFraming) -> BodyWrite {
+        BodyWrite {
+            framing,
+            written: 0,
+            trailers: None,
+            finished: false,
+        }
+    }
+
+    /// Queues a frame of the body.
+    fn frame(&mut self, frame: Frame<Bytes>, out: &mut Outgoing) -> io::Result<()> {
+        match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                self.written += data.len() as u64;
+                if let ResponseFraming::Length(n) = self.framing {
+                    if self.written > n {
+                        return Err(io::Error::other(
+                            "response body longer than its Content-Length",
+                        ));
+                    }
+                }
+                out.push_data(data, self.framing == ResponseFraming::Chunked);
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    self.trailers = Some(trailers);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the end of the body.
+    fn end(&mut self, out: &mut Outgoing) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        match self.framing {
+            ResponseFraming::Chunked => {
+                codec::encode_last_chunk(self.trailers.as_ref(), &mut out.bytes)
+            }
+            ResponseFraming::Length(n) if self.written < n => {
+                return Err(io::Error::other(
+                    "response body shorter than its Content-Length",
+                ));
+            }
+            _ => {}
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+/// `Connection: upgrade` with an `Upgrade` field.
+fn asks_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && has_token(headers, "upgrade")
+}
+
+/// A response that asks for the connection to close (Rampart's own answers to faults).
+fn asks_close(headers: &HeaderMap) -> bool {
+    has_token(headers, "close")
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// RFC 9112 section 3.2: a request with more than one `Host`, or an HTTP/1.1 request
+/// without one, is refused; an absolute-form target's authority replaces `Host`. Returns
+/// the refusal reason.
+pub(crate) fn check_host<B>(request: &mut Request<B>) -> Result<(), &'static str> {
+    let (present, duplicate) = {
+        let mut hosts = request.headers().get_all(HOST).iter();
+        (hosts.next().cloned(), hosts.next().is_some())
+    };
+    if duplicate {
+        return Err("duplicate_host");
+    }
+    match (request.uri().authority(), present) {
+        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(HOST, value);
+            }
+            Ok(())
+        }
+        (Some(_), _) => Ok(()),
+        (None, None) if request.version() == Version::HTTP_11 => Err("missing_host"),
+        (None, _) => Ok(()),
+    }
+}
+
+/// Rampart's answer to a refused request: 400 or 431, and the connection closes.
+fn refusal(status: StatusCode) -> Response<RespBody> {
+    let mut response = crate::handler::own_response(status, "bad_request", false);
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn count_malformed(metrics: &Metrics, reason: &'static str, detail: &dyn std::fmt::Debug) {
+    metrics.malformed.with_label_values(&[reason]).inc();
+    tracing::info!(reason, detail = ?detail, "malformed request refused");
+}
+
+fn count_timeout(metrics: &Metrics, timeout: &str) {
+    metrics.client_timeouts.with_label_values(&[timeout]).inc();
+}
