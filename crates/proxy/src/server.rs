@@ -368,7 +368,17 @@ async fn serve_http<I>(
 {
     let mut drain = shared.drain.subscribe();
     if h2 {
-        return serve_h2(shared, builder, limits, io, conn, accepted_at, drain).await;
+        // Boxed: HTTP/2's connection state would otherwise size every connection's task.
+        return Box::pin(serve_h2(
+            shared,
+            builder,
+            limits,
+            io,
+            conn,
+            accepted_at,
+            drain,
+        ))
+        .await;
     }
     let served = crate::h1::serve_h1(
         &shared.state,
