@@ -452,6 +452,44 @@ where
     }
 }
 
+/// An upstream's response body: from hyper's client, or from Rampart's own HTTP/1.1 client.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// hyper-util's pooled client (TLS, HTTP/2, requests with a body, upgrades).
+    Hyper(Incoming),
+    /// Rampart's HTTP/1.1 client ([`crate::h1::client`]).
+    H1(crate::h1::client::H1ResponseBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::H1(body) => body.size_hint(),
+        }
+    }
+}
+
 /// How a response ended, for the record of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -479,7 +517,7 @@ pin_project! {
         /// The upstream's body; the guard frees the upstream's in-flight slot when it ends,
         /// and the completion records the outcome then (or when the client goes away).
         Upstream {
-            #[pin] body: IdleBody<Incoming>,
+            #[pin] body: IdleBody<UpstreamBody>,
             guard: Option<InflightGuard>,
             completion: Option<E>,
         },

@@ -13,10 +13,12 @@
 //! 7. **respond**: the upstream's response, streamed, recorded when it ends; or Rampart's
 //!    own answer ([`OwnError`]), with the failure counted against whoever caused it.
 
+use crate::body::UpstreamBody;
 use crate::body::{reclaimable, ClientBodyError, FaultCell, IdleBody, Reclaim};
 use crate::body::{End, ReqBody, ReqSource, RespBody};
 use crate::completion::{grpc_status, record_attempt, Completion, Verdict};
 use crate::failure::{classify, AttemptError, FallbackReason, OwnError, UpstreamFailure};
+use crate::h1::client::{ClientError, H1Pool};
 use crate::h1::{ClientUpgrade, RequestBody};
 use crate::headers::{self, X_RAMPART_BACKEND, X_RAMPART_ERROR, X_REQUEST_ID};
 use crate::metrics::Metrics;
@@ -29,7 +31,6 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use rampart_core::breaker::Admission;
 use rampart_core::config::{BackendSlot, Fallback, Protocol};
 use rampart_core::decision::Reason;
@@ -153,7 +154,7 @@ struct Target<'s> {
 /// The attempt whose result the client gets, and the target that produced it.
 struct Served<'s> {
     target: Target<'s>,
-    result: Result<Response<Incoming>, AttemptError>,
+    result: Result<Response<UpstreamBody>, AttemptError>,
 }
 
 /// What a re-send to stable can use as the request body.
@@ -696,7 +697,12 @@ async fn send(
     slot: Option<&SlotRuntime>,
     body: ReqBody,
     fault: Option<&FaultCell>,
-) -> Result<Response<Incoming>, AttemptError> {
+) -> Result<Response<UpstreamBody>, AttemptError> {
+    if let Some(pool) = upstream.h1.as_ref() {
+        if body.is_end_stream() && !headers.contains_key(UPGRADE) {
+            return send_h1(upstream, pool, head, headers, slot).await;
+        }
+    }
     let mut uri_parts = http::uri::Parts::default();
     uri_parts.scheme = Some(upstream.scheme.clone());
     uri_parts.authority = Some(upstream.authority.clone());
@@ -727,7 +733,7 @@ async fn send(
     )
     .await
     {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => Ok(response.map(UpstreamBody::Hyper)),
         Ok(Err(e)) => Err(classify(&e, fault.and_then(FaultCell::get))),
         Err(_elapsed) => match fault {
             Some(cell) if cell.waiting_on_client() => {
@@ -735,5 +741,37 @@ async fn send(
             }
             _ => Err(AttemptError::Upstream(UpstreamFailure::Timeout)),
         },
+    }
+}
+
+/// [`send`] for a request without a body to a plain-HTTP/1.1 upstream: Rampart's own
+/// client, in this task ([`crate::h1::client`]).
+async fn send_h1(
+    upstream: &UpstreamRuntime,
+    pool: &Arc<H1Pool>,
+    head: &UpstreamHead,
+    mut headers: HeaderMap,
+    slot: Option<&SlotRuntime>,
+) -> Result<Response<UpstreamBody>, AttemptError> {
+    headers.remove(http::header::TE);
+    if let Some(s) = slot {
+        headers.insert(&X_RAMPART_BACKEND, s.name.clone());
+    }
+    if !headers.contains_key(http::header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(upstream.authority.as_str()) {
+            headers.insert(http::header::HOST, host);
+        }
+    }
+    let sent = crate::h1::client::send(pool, &head.method, head.path_and_query.as_str(), &headers);
+    match tokio::time::timeout(upstream.config.request_timeout, sent).await {
+        Ok(Ok(response)) => Ok(response.map(UpstreamBody::H1)),
+        Ok(Err(ClientError::Connect(_))) => {
+            Err(AttemptError::Upstream(UpstreamFailure::ConnectRefused))
+        }
+        Ok(Err(ClientError::ConnectTimeout(_))) => {
+            Err(AttemptError::Upstream(UpstreamFailure::ConnectTimeout))
+        }
+        Ok(Err(ClientError::Protocol(_))) => Err(AttemptError::Upstream(UpstreamFailure::Protocol)),
+        Err(_elapsed) => Err(AttemptError::Upstream(UpstreamFailure::Timeout)),
     }
 }

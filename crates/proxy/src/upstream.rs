@@ -49,6 +49,9 @@ pub struct UpstreamRuntime {
     pub authority: Authority,
     /// The keep-alive pool.
     pub client: UpstreamClient,
+    /// Rampart's own HTTP/1.1 client's idle connections, for plain-HTTP/1.1 upstreams:
+    /// requests without a body go through it ([`crate::h1::client`]).
+    pub h1: Option<Arc<crate::h1::client::H1Pool>>,
     inflight: AtomicU32,
     inflight_gauge: IntGauge,
     healthy: AtomicBool,
@@ -99,7 +102,9 @@ impl UpstreamRuntime {
             UrlScheme::Https => Scheme::HTTPS,
             UrlScheme::Http => Scheme::HTTP,
         };
+        let h1 = crate::h1::client::H1Pool::for_upstream(&config, &authority);
         Ok(UpstreamRuntime {
+            h1,
             config,
             scheme,
             authority,

@@ -990,12 +990,12 @@ mod tests {
     struct Nothing;
 
     impl Service for Nothing {
-        fn call(
+        async fn call(
             &self,
             _conn: ConnInfo,
             _request: Request<RequestBody>,
-        ) -> impl Future<Output = Response<RespBody>> + Send {
-            async { Response::new(RespBody::empty()) }
+        ) -> Response<RespBody> {
+            Response::new(RespBody::empty())
         }
     }
 

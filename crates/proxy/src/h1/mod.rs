@@ -14,10 +14,13 @@
 //!   and enforces the connection's deadlines.
 //! - [`body`]: the request body the handler sees ([`RequestBody`]) and the channel the
 //!   driver feeds it through.
+//! - [`client`]: the client side for plain-HTTP/1.1 upstreams and requests without a body,
+//!   run in the task of the client's connection.
 //! - [`io`]: I/O helpers: waiting for a readable socket without a buffer, bytes read ahead
 //!   put back in front of a connection handed on (to HTTP/2 or to an upgrade's tunnel).
 
 pub mod body;
+pub mod client;
 pub mod codec;
 pub mod conn;
 pub mod io;

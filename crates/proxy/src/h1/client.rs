@@ -1,0 +1,812 @@
+//! Rampart's own HTTP/1.1 client for plain-HTTP upstreams, for requests without a body
+//! (the common case: GET, HEAD, DELETE).
+//!
+//! Why: hyper-util's pooled client runs each upstream connection in a task of its own, so
+//! every request checks a connection out of a pool keyed by a SipHash of scheme and
+//! authority, crosses a channel into that task, and crosses back with the response; in the
+//! instruction profile that was about 40 % of a proxied request (docs/PERFORMANCE.md). Here
+//! the request is written and the response read by the task of the client's connection
+//! itself: the response body owns the upstream connection while it streams, and hands it
+//! back to the upstream's idle list when it ends.
+//!
+//! What still goes through hyper-util: requests with a body (they stream both ways at once,
+//! and may be re-sent after a refused connection), upgrades, TLS and HTTP/2 upstreams, and
+//! health checks.
+//!
+//! The idle list is bounded as hyper-util's pool was (`pool.max_idle` per upstream,
+//! `pool.idle_timeout`), checked for connections the upstream closed before one is reused,
+//! and a request whose reused connection turns out closed before any byte of the answer
+//! came is sent again once on a new connection (what hyper-util does too): the upstream
+//! closed it idle, so it never saw the request.
+
+use super::codec::{Chunk, ChunkedDecoder};
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use rampart_core::config::Upstream;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Largest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Read size for response heads and bodies.
+const READ_SIZE: usize = 16 * 1024;
+/// Largest body frame handed on at once.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Why a request to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (refused, unreachable, name not resolved).
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The connection attempt took longer than `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The upstream closed, reset or answered something that is not HTTP/1.1.
+    #[error("upstream: {0}")]
+    Protocol(io::Error),
+}
+
+/// The idle keep-alive connections of one upstream.
+#[derive(Debug)]
+pub struct H1Pool {
+    idle: Mutex<Vec<IdleConn>>,
+    host: String,
+    port: u16,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    /// Whether the task that closes expired idle connections runs.
+    reaper: Mutex<bool>,
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl H1Pool {
+    /// The pool of `config`'s upstream; `None` when this client does not serve it (TLS or
+    /// HTTP/2 upstreams).
+    pub fn for_upstream(
+        config: &Upstream,
+        authority: &http::uri::Authority,
+    ) -> Option<Arc<H1Pool>> {
+        use rampart_core::config::{Protocol, Scheme};
+        if config.protocol != Protocol::Http1 || config.scheme != Scheme::Http {
+            return None;
+        }
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Some(Arc::new(H1Pool {
+            idle: Mutex::new(Vec::new()),
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            max_idle: config.pool_max_idle,
+            idle_timeout: config.pool_idle_timeout,
+            connect_timeout: config.connect_timeout,
+            reaper: Mutex::new(false),
+        }))
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    fn checkout(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < self.idle_timeout && still_open(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream` for the next request, if there is room.
+    fn put(self: &Arc<Self>, stream: TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
+        {
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
+            if idle.len() >= self.max_idle {
+                return;
+            }
+            idle.push(IdleConn {
+                stream,
+                since: Instant::now(),
+            });
+        }
+        self.start_reaper();
+    }
+
+    /// Starts, once, the task that closes connections idle for longer than
+    /// `idle_timeout`; it ends when the pool is dropped (a reload that changed the upstream).
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(mut started) = self.reaper.lock() else {
+            return;
+        };
+        if *started {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        *started = true;
+        let pool: Weak<H1Pool> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let timeout = pool.idle_timeout;
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.retain(|c| c.since.elapsed() < timeout && still_open(&c.stream));
+                };
+            }
+        });
+    }
+
+    /// A new connection, under `connect_timeout`.
+    async fn connect(&self) -> Result<TcpStream, ClientError> {
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(self.connect_timeout))?
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// An idle connection is reusable when a read would block: no data and no end of stream.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Sends a request without a body to `pool`'s upstream and reads the response head; the
+/// body streams from the upstream connection as the response's body is polled.
+///
+/// `headers` are sent as given (the caller has rewritten them and set `Host`).
+pub async fn send(
+    pool: &Arc<H1Pool>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<Response<H1ResponseBody>, ClientError> {
+    let mut head = Vec::with_capacity(512);
+    encode_request_head(method, path_and_query, headers, &mut head);
+    if let Some(stream) = pool.checkout() {
+        match exchange(pool, stream, method, &head).await {
+            Ok(response) => return Ok(response),
+            // Closed while idle: the upstream never saw the request. Once more, on a new
+            // connection.
+            Err(Attempt::Stale(_)) => {}
+            Err(Attempt::Failed(e)) => return Err(e),
+        }
+    }
+    let stream = pool.connect().await?;
+    match exchange(pool, stream, method, &head).await {
+        Ok(response) => Ok(response),
+        Err(Attempt::Stale(e) | Attempt::Failed(e)) => Err(e),
+    }
+}
+
+enum Attempt {
+    /// Nothing of the answer came before the connection failed.
+    Stale(ClientError),
+    Failed(ClientError),
+}
+
+/// Writes the head and reads the response head on `stream`.
+async fn exchange(
+    pool: &Arc<H1Pool>,
+    mut stream: TcpStream,
+    method: &Method,
+    head: &[u8],
+) -> Result<Response<H1ResponseBody>, Attempt> {
+    if let Err(e) = stream.write_all(head).await {
+        return Err(Attempt::Stale(ClientError::Protocol(e)));
+    }
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut parse_first = false;
+    loop {
+        if parse_first {
+            parse_first = false;
+        } else {
+            let n = match stream.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) if buf.is_empty() => return Err(Attempt::Stale(ClientError::Protocol(e))),
+                Err(e) => return Err(Attempt::Failed(ClientError::Protocol(e))),
+            };
+            if n == 0 {
+                let error = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection before a response head",
+                );
+                return Err(if buf.is_empty() {
+                    Attempt::Stale(ClientError::Protocol(error))
+                } else {
+                    Attempt::Failed(ClientError::Protocol(error))
+                });
+            }
+        }
+        match parse_response(&mut buf, method)
+            .map_err(|e| Attempt::Failed(ClientError::Protocol(e)))?
+        {
+            None => {
+                if buf.len() > MAX_RESPONSE_HEAD {
+                    return Err(Attempt::Failed(ClientError::Protocol(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "response head too large",
+                    ))));
+                }
+                if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                    buf.reserve(READ_SIZE);
+                }
+            }
+            // What follows the interim answer may already be in the buffer.
+            Some(Parsed::Interim) => parse_first = true,
+            Some(Parsed::Final(parts, framing, keep_alive)) => {
+                let body = H1ResponseBody {
+                    stream: Some(stream),
+                    buf,
+                    framing: match framing {
+                        BodyFraming::None => Framing::Done,
+                        BodyFraming::Length(0) => Framing::Done,
+                        BodyFraming::Length(n) => Framing::Length(n),
+                        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
+                        BodyFraming::UntilClose => Framing::UntilClose,
+                    },
+                    keep_alive,
+                    pool: Arc::clone(pool),
+                };
+                let mut body = body;
+                body.release_if_done();
+                return Ok(Response::from_parts(parts, body));
+            }
+        }
+    }
+}
+
+/// Writes `METHOD target HTTP/1.1`, the fields and the empty line.
+fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+enum Parsed {
+    /// A 1xx answer (not 101), skipped.
+    Interim,
+    Final(http::response::Parts, BodyFraming, bool),
+}
+
+/// Parses a response head off the front of `buf` (RFC 9112 section 6.3 for its body).
+fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Parsed>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let field_positions: Vec<(HeaderName, std::ops::Range<usize>)> = {
+        let base = buf.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(response.headers.len());
+        for field in response.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| invalid("invalid header name"))?;
+            let start = field.value.as_ptr() as usize - base;
+            fields.push((name, start..start + field.value.len()));
+        }
+        fields
+    };
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Some(Parsed::Interim));
+    }
+    let mut headers = HeaderMap::with_capacity(field_positions.len());
+    for (name, range) in field_positions {
+        let value = head
+            .get(range)
+            .map(|v| head.slice_ref(v))
+            .ok_or_else(|| invalid("header value out of range"))?;
+        let value =
+            HeaderValue::from_maybe_shared(value).map_err(|_| invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let mut keep_alive = version == Version::HTTP_11;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        BodyFraming::None
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if chunked_last {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        BodyFraming::Length(
+            content_length(&headers).ok_or_else(|| invalid("invalid Content-Length"))?,
+        )
+    } else {
+        BodyFraming::UntilClose
+    };
+    if matches!(framing, BodyFraming::UntilClose) {
+        keep_alive = false;
+    }
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+/// The one length all `Content-Length` values give, if they agree and are numbers.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// How much of a response body is left.
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from the upstream connection as it is polled; the connection goes
+/// back to the idle list when the body ends, or is closed when the body is dropped early.
+#[derive(Debug)]
+pub struct H1ResponseBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<H1Pool>,
+}
+
+impl H1ResponseBody {
+    /// Hands the connection back once the body is over (and nothing unexpected follows).
+    fn release_if_done(&mut self) {
+        if !matches!(self.framing, Framing::Done) {
+            return;
+        }
+        if let Some(stream) = self.stream.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                self.pool.put(stream);
+            }
+        }
+    }
+
+    fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        let read = stream.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+}
+
+use std::future::Future;
+
+impl Body for H1ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let frame = match &mut this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(remaining) => {
+                    if this.buf.is_empty() {
+                        None
+                    } else {
+                        let n = usize::try_from(*remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(this.buf.len())
+                            .min(MAX_FRAME);
+                        *remaining -= n as u64;
+                        let data = this.buf.split_to(n).freeze();
+                        if *remaining == 0 {
+                            this.framing = Framing::Done;
+                        }
+                        Some(Frame::data(data))
+                    }
+                }
+                Framing::Chunked(decoder) => match decoder.decode(&mut this.buf, MAX_FRAME) {
+                    Ok(Some(Chunk::Data(data))) => Some(Frame::data(data)),
+                    Ok(Some(Chunk::End(trailers))) => {
+                        this.framing = Framing::Done;
+                        if trailers.is_empty() {
+                            this.release_if_done();
+                            return Poll::Ready(None);
+                        }
+                        Some(Frame::trailers(trailers))
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        this.stream = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            e.to_string(),
+                        ))));
+                    }
+                },
+                Framing::UntilClose => {
+                    if this.buf.is_empty() {
+                        None
+                    } else {
+                        let n = this.buf.len().min(MAX_FRAME);
+                        Some(Frame::data(this.buf.split_to(n).freeze()))
+                    }
+                }
+            };
+            if let Some(frame) = frame {
+                this.release_if_done();
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            match ready!(this.read_more(cx)) {
+                Ok(0) => {
+                    if matches!(this.framing, Framing::UntilClose) {
+                        this.framing = Framing::Done;
+                        this.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    this.stream = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before the end of the body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.stream = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(bytes: &[u8], method: Method) -> io::Result<Option<Parsed>> {
+        let mut buf = BytesMut::from(bytes);
+        parse_response(&mut buf, &method)
+    }
+
+    fn framing_of(bytes: &[u8], method: Method) -> (StatusCode, &'static str, bool) {
+        match parse(bytes, method).unwrap() {
+            Some(Parsed::Final(parts, framing, keep_alive)) => (
+                parts.status,
+                match framing {
+                    BodyFraming::None => "none",
+                    BodyFraming::Length(_) => "length",
+                    BodyFraming::Chunked => "chunked",
+                    BodyFraming::UntilClose => "close",
+                },
+                keep_alive,
+            ),
+            _ => panic!("not a final response"),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let cases: &[(&[u8], Method, &str, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Method::GET,
+                "length",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Method::GET,
+                "chunked",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                Method::GET,
+                "close",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Method::GET, "close", false),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Method::HEAD,
+                "none",
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                "none",
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                Method::GET,
+                "none",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+                Method::GET,
+                "length",
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Method::GET,
+                "length",
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
+                Method::GET,
+                "length",
+                true,
+            ),
+        ];
+        for (bytes, method, framing, keep_alive) in cases {
+            let (_, got, alive) = framing_of(bytes, method.clone());
+            assert_eq!(
+                (got, alive),
+                (*framing, *keep_alive),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_heads_and_lengths_are_errors_and_partial_heads_wait() {
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
+        assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n", Method::GET).is_err());
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\ncontent-le", Method::GET),
+            Ok(None)
+        ));
+        assert!(matches!(
+            parse(b"HTTP/1.1 100 Continue\r\n\r\n", Method::GET),
+            Ok(Some(Parsed::Interim))
+        ));
+    }
+
+    #[test]
+    fn the_request_head_is_written_as_given() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("shop"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        let mut out = Vec::new();
+        encode_request_head(&Method::GET, "/cart?x=1", &headers, &mut out);
+        assert_eq!(
+            out,
+            b"GET /cart?x=1 HTTP/1.1\r\nhost: shop\r\nx-a: 1\r\n\r\n"
+        );
+    }
+
+    async fn upstream(
+        answers: Vec<&'static [u8]>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut served = 0;
+            for answer in answers {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return served;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                conn.write_all(answer).await.unwrap();
+                served += 1;
+            }
+            served
+        });
+        (addr, task)
+    }
+
+    fn pool_for(addr: std::net::SocketAddr) -> Arc<H1Pool> {
+        Arc::new(H1Pool {
+            idle: Mutex::new(Vec::new()),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            reaper: Mutex::new(false),
+        })
+    }
+
+    async fn body_of(body: H1ResponseBody) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_sized_and_chunked_answers_and_goes_back_idle() {
+        let (addr, served) = upstream(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        ])
+        .await;
+        let pool = pool_for(addr);
+        let headers = HeaderMap::new();
+        let first = send(&pool, &Method::GET, "/a", &headers).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(body_of(first.into_body()).await, b"hello");
+        assert_eq!(pool.idle_count(), 1, "the connection went back idle");
+        let second = send(&pool, &Method::GET, "/b", &headers).await.unwrap();
+        assert_eq!(second.status(), StatusCode::CREATED);
+        assert_eq!(body_of(second.into_body()).await, b"abcde");
+        assert_eq!(pool.idle_count(), 1);
+        drop(pool);
+        assert_eq!(
+            served.await.unwrap(),
+            2,
+            "both answers came on one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced_once() {
+        let (addr, served) =
+            upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let pool = pool_for(addr);
+        let headers = HeaderMap::new();
+        let first = send(&pool, &Method::GET, "/", &headers).await.unwrap();
+        assert_eq!(body_of(first.into_body()).await, b"ok");
+        // The upstream served one answer and closed; a second listener takes the retry.
+        assert_eq!(served.await.unwrap(), 1);
+        assert_eq!(pool.idle_count(), 1);
+        let result = send(&pool, &Method::GET, "/", &headers).await;
+        // Nothing listens any more: the closed idle connection is detected or fails stale,
+        // and the new connection is refused.
+        assert!(matches!(result, Err(ClientError::Connect(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_the_connection_is_not_kept() {
+        let (addr, _served) =
+            upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]).await;
+        let pool = pool_for(addr);
+        let response = send(&pool, &Method::GET, "/", &HeaderMap::new())
+            .await
+            .unwrap();
+        use http_body_util::BodyExt;
+        let collected = response.into_body().collect().await;
+        assert!(collected.is_err());
+        assert_eq!(pool.idle_count(), 0);
+    }
+}
