@@ -19,7 +19,13 @@ use std::time::{Duration, Instant};
 
 /// An HTTP/1.1 upstream that answers after `delay` and counts its open connections.
 async fn counting_upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A listen backlog of 1,024, as servers in production have (nginx 511, Go's
+    // somaxconn): with tokio's default of 128, the burst's 200 simultaneous connects
+    // overflow the accept queue, and the dropped SYNs retry only after the 1 s
+    // connect_timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
     let open = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));

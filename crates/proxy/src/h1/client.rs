@@ -199,10 +199,21 @@ pub async fn send(
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<Response<H1ResponseBody>, ClientError> {
-    let mut head = Vec::with_capacity(512);
+    let mut head = super::conn::take_write_buffer();
     encode_request_head(method, path_and_query, headers, &mut head);
+    let response = send_head(pool, method, &head).await;
+    super::conn::give_write_buffer(head);
+    response
+}
+
+/// [`send`] once the head is encoded.
+async fn send_head(
+    pool: &Arc<H1Pool>,
+    method: &Method,
+    head: &[u8],
+) -> Result<Response<H1ResponseBody>, ClientError> {
     if let Some(stream) = pool.checkout() {
-        match exchange(pool, stream, method, &head).await {
+        match exchange(pool, stream, method, head).await {
             Ok(response) => return Ok(response),
             // Closed while idle: the upstream never saw the request. Once more, on a new
             // connection.
@@ -211,7 +222,7 @@ pub async fn send(
         }
     }
     let stream = pool.connect().await?;
-    match exchange(pool, stream, method, &head).await {
+    match exchange(pool, stream, method, head).await {
         Ok(response) => Ok(response),
         Err(Attempt::Stale(e) | Attempt::Failed(e)) => Err(e),
     }
@@ -325,18 +336,38 @@ enum Parsed {
 /// Parses a response head off the front of `buf` (RFC 9112 section 6.3 for its body).
 fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Parsed>> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    // The head is split off the buffer before it is parsed, so header values can be slices
+    // of it: found by its CRLF CRLF (every upstream we have met), or else by a first parse
+    // (a head with bare LF line endings, which httparse accepts).
+    let len = match memchr::memmem::find(buf, b"\r\n\r\n") {
+        Some(end) => end + 4,
+        None => {
+            let mut slots =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                buf,
+                &mut slots,
+            ) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
+            }
+        }
+    };
+    let head = buf.split_to(len).freeze();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
-        buf,
+        &head,
         &mut slots,
-    );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
+    ) {
+        Ok(httparse::Status::Complete(parsed)) if parsed == len => {}
+        Ok(_) => return Err(invalid("invalid response head")),
         Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
-    };
+    }
     let code = response.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
     let version = if response.version == Some(0) {
@@ -344,29 +375,15 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Pars
     } else {
         Version::HTTP_11
     };
-    let field_positions: Vec<(HeaderName, std::ops::Range<usize>)> = {
-        let base = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(response.headers.len());
-        for field in response.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| invalid("invalid header name"))?;
-            let start = field.value.as_ptr() as usize - base;
-            fields.push((name, start..start + field.value.len()));
-        }
-        fields
-    };
-    let head = buf.split_to(len).freeze();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Interim));
     }
-    let mut headers = HeaderMap::with_capacity(field_positions.len());
-    for (name, range) in field_positions {
-        let value = head
-            .get(range)
-            .map(|v| head.slice_ref(v))
-            .ok_or_else(|| invalid("header value out of range"))?;
-        let value =
-            HeaderValue::from_maybe_shared(value).map_err(|_| invalid("invalid header value"))?;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| invalid("invalid header value"))?;
         headers.append(name, value);
     }
     let mut keep_alive = version == Version::HTTP_11;

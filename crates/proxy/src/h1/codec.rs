@@ -28,6 +28,10 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 /// [`ParseError::TooManyHeaders`]). Bounds the stack array httparse fills.
 pub const MAX_HEADERS: usize = 256;
 
+/// Fields a proxy typically adds to a request before forwarding it; the parsed map is
+/// made with room for them.
+const PROXY_FIELDS: usize = 8;
+
 /// Largest request head in bytes (request line + fields + final CRLF), so a client
 /// cannot make the proxy buffer an unbounded head.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -292,7 +296,9 @@ fn parse_head(head: &Bytes, skip: usize) -> Result<RequestHead, ParseError> {
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| ParseError::Malformed)?;
     let target = req.path.ok_or(ParseError::Malformed)?;
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for the fields a proxy adds (forwarding, request id, backend) without the map
+    // growing and rehashing on the request path.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + PROXY_FIELDS);
     let mut facts = FieldFacts::default();
     for field in req.headers.iter() {
         let name =

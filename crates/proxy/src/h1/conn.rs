@@ -94,14 +94,14 @@ fn give_read_buffer(buf: BytesMut) {
 }
 
 /// An output buffer: a pooled one if this thread has one.
-fn take_write_buffer() -> Vec<u8> {
+pub(crate) fn take_write_buffer() -> Vec<u8> {
     WRITE_BUFFERS
         .with(|pool| pool.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(1024))
 }
 
 /// Keeps an output buffer for the next exchange on this thread.
-fn give_write_buffer(mut buf: Vec<u8>) {
+pub(crate) fn give_write_buffer(mut buf: Vec<u8>) {
     if buf.capacity() > 0 && buf.capacity() <= POOLED_MAX_CAPACITY {
         buf.clear();
         WRITE_BUFFERS.with(|pool| {
