@@ -99,3 +99,35 @@ upstreams:
         peak.load(Ordering::SeqCst)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_share_one_upstream_connection_until_idle_timeout() {
+    let (upstream, open, peak) = counting_upstream(Duration::ZERO).await;
+    let rampart = Rampart::start(&format!(
+        "default_upstream: stable
+upstreams:
+  stable:
+    url: http://{upstream}
+    pool: {{max_idle: 8, idle_timeout: 500ms}}
+"
+    ))
+    .await;
+    for i in 0..20 {
+        let r = rampart.get(&format!("/{i}"), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "one kept-alive upstream connection carried every request"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        0,
+        "the idle upstream connection is closed after pool.idle_timeout"
+    );
+}
