@@ -1,10 +1,12 @@
-//! Rampart's data plane: a hyper 1 server and pooled hyper-util clients wired to the
-//! core's decision.
+//! Rampart's data plane: its own HTTP/1.1 server and client ([`h1`]), hyper 1 for HTTP/2
+//! and hyper-util's pooled client for the rest, wired to the core's decision.
 //!
 //! A request flows: listener -> [`facts`] (what the core needs to know) -> one
 //! [`snapshot`] load -> core route match, identity and decision -> upstream client ->
-//! outcome into metrics. Nothing on that path takes a lock or formats a label: metric
-//! handles and upstream clients are resolved once per config in [`snapshot::Snapshot`].
+//! outcome into metrics. Nothing on that path formats a label: metric handles and upstream
+//! clients are resolved once per config in [`snapshot::Snapshot`]. The one lock is an
+//! upstream's idle-connection list, taken uncontended twice per request (checkout and
+//! return), as hyper-util's pool does.
 
 #![forbid(unsafe_code)]
 
