@@ -19,7 +19,7 @@
 //! came is sent again once on a new connection (what hyper-util does too): the upstream
 //! closed it idle, so it never saw the request.
 
-use super::codec::{Chunk, ChunkedDecoder};
+use super::codec::{self, Chunk, ChunkedDecoder};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -312,10 +312,7 @@ fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, dst: 
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        codec::encode_field(name, value, dst);
     }
     dst.extend_from_slice(b"\r\n");
 }
@@ -511,20 +508,11 @@ impl Body for H1ResponseBody {
             let frame = match &mut this.framing {
                 Framing::Done => return Poll::Ready(None),
                 Framing::Length(remaining) => {
-                    if this.buf.is_empty() {
-                        None
-                    } else {
-                        let n = usize::try_from(*remaining)
-                            .unwrap_or(usize::MAX)
-                            .min(this.buf.len())
-                            .min(MAX_FRAME);
-                        *remaining -= n as u64;
-                        let data = this.buf.split_to(n).freeze();
-                        if *remaining == 0 {
-                            this.framing = Framing::Done;
-                        }
-                        Some(Frame::data(data))
+                    let data = codec::take_body_bytes(&mut this.buf, remaining, MAX_FRAME);
+                    if *remaining == 0 {
+                        this.framing = Framing::Done;
                     }
+                    data.map(Frame::data)
                 }
                 Framing::Chunked(decoder) => match decoder.decode(&mut this.buf, MAX_FRAME) {
                     Ok(Some(Chunk::Data(data))) => Some(Frame::data(data)),

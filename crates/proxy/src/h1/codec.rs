@@ -845,15 +845,9 @@ impl ChunkedDecoder {
                     };
                 }
                 DecodeState::Data(remaining) => {
-                    if buf.is_empty() {
+                    let Some(data) = take_body_bytes(buf, remaining, max) else {
                         return Ok(None);
-                    }
-                    let n = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len())
-                        .min(max.max(1));
-                    let data = buf.split_to(n).freeze();
-                    *remaining = remaining.saturating_sub(n as u64);
+                    };
                     if *remaining == 0 {
                         self.state = DecodeState::DataCr;
                     }
@@ -1085,10 +1079,7 @@ pub fn encode_response_head(
         } else if name == header::DATE {
             has_date = true;
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        encode_field(name, value, dst);
     }
     if chunked {
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -1199,13 +1190,32 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>, dst: &mut Vec<u8>) {
     dst.extend_from_slice(b"0\r\n");
     if let Some(trailers) = trailers {
         for (name, value) in trailers {
-            dst.extend_from_slice(name.as_str().as_bytes());
-            dst.extend_from_slice(b": ");
-            dst.extend_from_slice(value.as_bytes());
-            dst.extend_from_slice(b"\r\n");
+            encode_field(name, value, dst);
         }
     }
     dst.extend_from_slice(b"\r\n");
+}
+
+/// Writes one field line, `name: value` and CRLF (heads and trailer sections alike).
+pub fn encode_field(name: &HeaderName, value: &HeaderValue, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Splits off the front of `buf` the next piece of a body of which `remaining` bytes are
+/// still to come, at most `max` bytes; `None` when `buf` is empty. Lowers `remaining`.
+pub fn take_body_bytes(buf: &mut BytesMut, remaining: &mut u64, max: usize) -> Option<Bytes> {
+    if buf.is_empty() || *remaining == 0 {
+        return None;
+    }
+    let n = usize::try_from(*remaining)
+        .unwrap_or(usize::MAX)
+        .min(buf.len())
+        .min(max.max(1));
+    *remaining -= n as u64;
+    Some(buf.split_to(n).freeze())
 }
 
 /// Writes a complete minimal error response for a refused head into `dst`: `status`,

@@ -831,20 +831,8 @@ impl Feeder {
         buf: &mut BytesMut,
     ) -> Result<Option<(Frame<Bytes>, bool)>, codec::ChunkError> {
         match &mut self.framing {
-            Framing::Length(remaining) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len())
-                    .min(MAX_FRAME);
-                *remaining -= n as u64;
-                Ok(Some((
-                    Frame::data(buf.split_to(n).freeze()),
-                    *remaining == 0,
-                )))
-            }
+            Framing::Length(remaining) => Ok(codec::take_body_bytes(buf, remaining, MAX_FRAME)
+                .map(|data| (Frame::data(data), *remaining == 0))),
             Framing::Chunked(decoder) => match decoder.decode(buf, MAX_FRAME)? {
                 Some(Chunk::Data(data)) => Ok(Some((Frame::data(data), false))),
                 Some(Chunk::End(trailers)) => Ok(Some((Frame::trailers(trailers), true))),
