@@ -76,12 +76,12 @@ fn replay(target: &str) {
 }
 
 #[test]
-fn the_inspector_gives_one_verdict_whatever_the_read_boundaries() {
+fn the_codec_reads_the_same_requests_whatever_the_read_boundaries() {
     replay("h1_split");
 }
 
 #[test]
-fn requests_served_through_the_inspector_and_hyper_keep_consistent_framing() {
+fn the_http1_server_serves_exactly_the_requests_the_codec_lets_through() {
     replay("h1_serve");
 }
 
