@@ -15,9 +15,9 @@
 //!
 //! The idle list is bounded as hyper-util's pool was (`pool.max_idle` per upstream,
 //! `pool.idle_timeout`), checked for connections the upstream closed before one is reused,
-//! and a request whose reused connection turns out closed before any byte of the answer
-//! came is sent again once on a new connection (what hyper-util does too): the upstream
-//! closed it idle, so it never saw the request.
+//! and an idempotent request whose reused connection turns out closed before any byte of
+//! the answer came is sent again once on a new connection: the upstream most likely closed
+//! it idle. A POST (with an empty body) is not: the upstream may have read it.
 
 use super::codec::{self, Chunk, ChunkedDecoder};
 use bytes::{Bytes, BytesMut};
@@ -250,9 +250,13 @@ async fn exchange(
         if parse_first {
             parse_first = false;
         } else {
+            // Written, then closed before any byte of an answer: the upstream most likely
+            // closed the connection idle, but it may have read the request first. Only an
+            // idempotent request may be sent again (RFC 9110 section 9.2.2).
+            let resend = buf.is_empty() && method.is_idempotent();
             let n = match stream.read_buf(&mut buf).await {
                 Ok(n) => n,
-                Err(e) if buf.is_empty() => return Err(Attempt::Stale(ClientError::Protocol(e))),
+                Err(e) if resend => return Err(Attempt::Stale(ClientError::Protocol(e))),
                 Err(e) => return Err(Attempt::Failed(ClientError::Protocol(e))),
             };
             if n == 0 {
@@ -260,7 +264,7 @@ async fn exchange(
                     io::ErrorKind::UnexpectedEof,
                     "upstream closed the connection before a response head",
                 );
-                return Err(if buf.is_empty() {
+                return Err(if resend {
                     Attempt::Stale(ClientError::Protocol(error))
                 } else {
                     Attempt::Failed(ClientError::Protocol(error))
@@ -372,7 +376,14 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Pars
     } else {
         Version::HTTP_11
     };
-    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Upgrades go through hyper's client; switching a connection this client never
+        // asked to switch is not HTTP/1.1 any more.
+        return Err(invalid(
+            "101 Switching Protocols without an upgrade request",
+        ));
+    }
+    if status.is_informational() {
         return Ok(Some(Parsed::Interim));
     }
     let mut headers = HeaderMap::with_capacity(response.headers.len());
@@ -813,5 +824,71 @@ mod tests {
         let collected = response.into_body().collect().await;
         assert!(collected.is_err());
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    /// An upstream that answers the first request of each connection and closes the
+    /// connection after reading the second; counts the connections it accepted.
+    async fn closes_after_reading_the_second(
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    for answer in [true, false] {
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = conn.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        got.clear();
+                        if answer {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn only_idempotent_requests_are_sent_again_after_a_silent_close() {
+        use std::sync::atomic::Ordering;
+        let (addr, accepted) = closes_after_reading_the_second().await;
+        let pool = pool_for(addr);
+        let headers = HeaderMap::new();
+        let first = send(&pool, &Method::GET, "/", &headers).await.unwrap();
+        assert_eq!(body_of(first.into_body()).await, b"ok");
+        // The idle connection reads the GET and closes: it is sent again on a new one.
+        let again = send(&pool, &Method::GET, "/", &headers).await.unwrap();
+        assert_eq!(body_of(again.into_body()).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The same for a POST: it may have been processed, so it fails instead.
+        let post = send(&pool, &Method::POST, "/", &headers).await;
+        assert!(matches!(post, Err(ClientError::Protocol(_))), "{post:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "no new connection for the POST"
+        );
+    }
+
+    #[test]
+    fn an_unasked_101_is_an_error() {
+        assert!(parse(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
     }
 }
