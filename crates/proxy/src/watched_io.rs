@@ -14,15 +14,55 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The timer of a write-progress watchdog: armed when a write blocks, disarmed when one
+/// makes progress, fired when a write stayed blocked for the whole timeout. Its `Sleep` is
+/// made the first time a write blocks and reused after.
+#[derive(Debug)]
+pub struct StallTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl StallTimer {
+    /// A watchdog of `timeout`, not armed.
+    pub fn new(timeout: Duration) -> StallTimer {
+        StallTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// A write made progress.
+    pub fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// A write is blocked: arms the timer if it is not running; ready once it fired.
+    pub fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx)
+    }
+}
+
 /// A connection whose writes fail once they have been blocked for the send timeout.
 #[derive(Debug)]
 pub struct WatchedIo<T> {
     inner: T,
-    send_timeout: Duration,
-    /// The watchdog's timer, made the first time a write blocks and kept for reuse.
-    stall: Option<Pin<Box<Sleep>>>,
-    /// Whether `stall` runs for the write blocked now.
-    stall_armed: bool,
+    stall: StallTimer,
     /// Set when the watchdog failed a write.
     timed_out: Arc<AtomicBool>,
 }
@@ -32,9 +72,7 @@ impl<T> WatchedIo<T> {
     pub fn new(inner: T, send_timeout: Duration) -> Self {
         WatchedIo {
             inner,
-            send_timeout,
-            stall: None,
-            stall_armed: false,
+            stall: StallTimer::new(send_timeout),
             timed_out: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -53,23 +91,10 @@ impl<T> WatchedIo<T> {
         polled: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if polled.is_ready() {
-            self.stall_armed = false;
+            self.stall.progressed();
             return polled;
         }
-        let deadline = Instant::now() + self.send_timeout;
-        let stall = match &mut self.stall {
-            Some(stall) => {
-                if !self.stall_armed {
-                    stall.as_mut().reset(deadline);
-                }
-                stall
-            }
-            None => self
-                .stall
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.stall_armed = true;
-        if stall.as_mut().poll(cx).is_ready() {
+        if self.stall.poll_blocked(cx).is_ready() {
             self.timed_out.store(true, Ordering::Release);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,

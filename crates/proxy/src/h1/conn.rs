@@ -24,6 +24,7 @@ use super::io::{IdleRead, Prefixed};
 use crate::body::RespBody;
 use crate::handler::{ConnInfo, ProxyState};
 use crate::metrics::Metrics;
+use crate::watched_io::StallTimer;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -37,7 +38,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What the prior-knowledge HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -187,8 +188,7 @@ where
         out: Outgoing::default(),
         conn,
         settings,
-        send_sleep: None,
-        send_armed: false,
+        send_stall: StallTimer::new(settings.send_timeout),
         responding: false,
     };
     let mut deadline = accepted_at + settings.header_timeout;
@@ -349,10 +349,8 @@ struct Driver<'s, I, S> {
     out: Outgoing,
     conn: ConnInfo,
     settings: H1Settings,
-    /// The send-timeout timer, made the first time a write blocks.
-    send_sleep: Option<Pin<Box<Sleep>>>,
-    /// The timer runs for the current blocked write.
-    send_armed: bool,
+    /// The send-timeout watchdog of the writes.
+    send_stall: StallTimer,
     /// The response head was queued: no more `100 Continue`.
     responding: bool,
 }
@@ -753,7 +751,7 @@ where
             match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    self.send_armed = false;
+                    self.send_stall.progressed();
                     self.out.advance(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -764,7 +762,7 @@ where
         }
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(result) => {
-                self.send_armed = false;
+                self.send_stall.progressed();
                 Poll::Ready(result)
             }
             Poll::Pending => {
@@ -777,20 +775,7 @@ where
     /// A write is blocked: starts the send timer if it is not running, and fails once it
     /// has run out.
     fn poll_send_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let deadline = Instant::now() + self.settings.send_timeout;
-        let sleep = match self.send_sleep.as_mut() {
-            Some(sleep) => {
-                if !self.send_armed {
-                    sleep.as_mut().reset(deadline);
-                }
-                sleep
-            }
-            None => self
-                .send_sleep
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.send_armed = true;
-        ready!(sleep.as_mut().poll(cx));
+        ready!(self.send_stall.poll_blocked(cx));
         count_timeout(self.metrics, "send_timeout");
         tracing::debug!(peer = %self.conn.peer, timeout = ?self.settings.send_timeout, "client accepted no bytes for send_timeout: connection closed");
         Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
