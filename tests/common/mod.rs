@@ -625,10 +625,21 @@ async fn read_response<R: AsyncReadExt + Unpin>(
 // Rampart: the binary under test
 // ---------------------------------------------------------------------------------------------
 
-/// Picks a free loopback port: binds :0, reads the port, releases it.
+/// Picks a free loopback port: binds :0, reads the port, releases it. Never the same port
+/// twice in one test process: the kernel may hand a just-released port out again, and a
+/// config whose `listen` and `metrics_listen` collide is (rightly) refused.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh loopback port in 100 tries");
 }
 
 /// The `upstreams:` block for the given upstreams, each under its own name.
