@@ -172,6 +172,30 @@ pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
     (id.len() == 32).then_some(id)
 }
 
+/// RFC 9112 section 3.2: a request with more than one `Host`, or an HTTP/1.1 request
+/// without one, is refused; an absolute-form target's authority replaces `Host`. Returns
+/// the refusal reason.
+pub fn check_host<B>(request: &mut http::Request<B>) -> Result<(), &'static str> {
+    let (present, duplicate) = {
+        let mut hosts = request.headers().get_all(HOST).iter();
+        (hosts.next().cloned(), hosts.next().is_some())
+    };
+    if duplicate {
+        return Err("duplicate_host");
+    }
+    match (request.uri().authority(), present) {
+        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(HOST, value);
+            }
+            Ok(())
+        }
+        (Some(_), _) => Ok(()),
+        (None, None) if request.version() == http::Version::HTTP_11 => Err("missing_host"),
+        (None, _) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -14,10 +14,12 @@
 use crate::body::RespBody;
 use crate::connection::{ClientBody, ConnWatch};
 use crate::h1::body::RequestBody;
-use crate::h1::conn::{check_host, Served};
-use crate::h1::{H1Settings, IdleRead};
+use crate::h1::conn::Served;
+use crate::h1::{H1Settings, IdleRead, Prefixed};
 use crate::handler::{own_response, ConnInfo, ProxyState};
+use crate::headers::check_host;
 use crate::watched_io::WatchedIo;
+use bytes::Bytes;
 use http::StatusCode;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -367,42 +369,35 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + IdleRead + Unpin + Send + 'static,
 {
     let mut drain = shared.drain.subscribe();
-    if h2 {
-        // Boxed: HTTP/2's connection state would otherwise size every connection's task.
-        return Box::pin(serve_h2(
-            shared,
-            builder,
-            limits,
+    let io = if h2 {
+        Prefixed::new(Bytes::new(), io)
+    } else {
+        let served = crate::h1::serve_h1(
+            &shared.state,
+            &shared.state.metrics,
             io,
             conn,
             accepted_at,
-            drain,
-        ))
+            H1Settings::from(&limits),
+            &mut drain,
+        )
         .await;
-    }
-    let served = crate::h1::serve_h1(
-        &shared.state,
-        &shared.state.metrics,
+        match served {
+            Served::Http2(io) => io,
+            Served::Done => return,
+        }
+    };
+    // Boxed: HTTP/2's connection state would otherwise size every connection's task.
+    Box::pin(serve_h2(
+        shared,
+        builder,
+        limits,
         io,
         conn,
         accepted_at,
-        H1Settings::from(&limits),
-        &mut drain,
-    )
+        drain,
+    ))
     .await;
-    if let Served::Http2(io) = served {
-        // Boxed: HTTP/2's connection state would otherwise size every connection's task.
-        Box::pin(serve_h2(
-            shared,
-            builder,
-            limits,
-            io,
-            conn,
-            accepted_at,
-            drain,
-        ))
-        .await;
-    }
 }
 
 /// Serves HTTP/2 on `io` until the connection ends, a deadline closes it, or the drain has

@@ -199,10 +199,10 @@ pub async fn send(
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<Response<H1ResponseBody>, ClientError> {
-    let mut head = super::conn::take_write_buffer();
+    let mut head = super::io::take_write_buffer();
     encode_request_head(method, path_and_query, headers, &mut head);
     let response = send_head(pool, method, &head).await;
-    super::conn::give_write_buffer(head);
+    super::io::give_write_buffer(head);
     response
 }
 
@@ -244,7 +244,7 @@ async fn exchange(
     if let Err(e) = stream.write_all(head).await {
         return Err(Attempt::Stale(ClientError::Protocol(e)));
     }
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut buf = super::io::take_read_buffer(READ_SIZE / 4);
     let mut parse_first = false;
     loop {
         if parse_first {
@@ -489,6 +489,9 @@ impl H1ResponseBody {
             if self.keep_alive && self.buf.is_empty() {
                 self.pool.put(stream);
             }
+        }
+        if self.buf.is_empty() {
+            super::io::give_read_buffer(std::mem::take(&mut self.buf));
         }
     }
 

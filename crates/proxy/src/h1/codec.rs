@@ -10,7 +10,7 @@
 //! * [`ChunkedDecoder`] reads a chunked request body (RFC 9112 section 7.1) strictly:
 //!   CRLF everywhere, bounded size lines and trailer sections.
 //! * [`response_framing`], [`encode_response_head`], [`encode_chunk_size`],
-//!   [`encode_last_chunk`] and [`encode_refusal`] write the response side.
+//!   and [`encode_last_chunk`] write the response side.
 //!
 //! Header values and request targets are never copied: they are slices of the head's
 //! bytes, split off the read buffer once.
@@ -131,7 +131,20 @@ impl ParseError {
         }
     }
 
-    /// The `reason` label of `rampart_malformed_requests_total` (and the refusal body).
+    /// The `reason` label of `rampart_malformed_requests_total`: the framing errors share
+    /// `bad_request`, as the metric documents them.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ParseError::TooLarge | ParseError::TooManyHeaders => "header_too_large",
+            ParseError::LengthAndEncoding => "content_length_and_transfer_encoding",
+            ParseError::Malformed
+            | ParseError::BadTarget
+            | ParseError::BadContentLength
+            | ParseError::BadTransferEncoding => "bad_request",
+        }
+    }
+
+    /// The refusal's own name, finer than its metric label (for logs).
     pub fn reason(self) -> &'static str {
         match self {
             ParseError::Malformed | ParseError::BadTarget => "bad_request",
@@ -1218,54 +1231,6 @@ pub fn take_body_bytes(buf: &mut BytesMut, remaining: &mut u64, max: usize) -> O
     Some(buf.split_to(n).freeze())
 }
 
-/// Writes a complete minimal error response for a refused head into `dst`: `status`,
-/// `content-type: application/json`, `content-length`, `connection: close`, `date`, and
-/// the body `{"error":"<reason>"}` (`reason` JSON-escaped). The driver writes it and
-/// closes, without a `RequestHead` or a service call.
-pub fn encode_refusal(status: StatusCode, reason: &str, dst: &mut Vec<u8>) {
-    const OPEN: &[u8] = b"{\"error\":\"";
-    const CLOSE: &[u8] = b"\"}";
-    let escaped: usize = reason.bytes().map(json_escaped_len).sum();
-    let body_len = OPEN.len() + escaped + CLOSE.len();
-    dst.reserve(body_len + 160);
-    write_status_line(status, dst);
-    dst.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-    write_decimal(body_len as u64, dst);
-    dst.extend_from_slice(b"\r\nconnection: close\r\n");
-    write_date_field(dst);
-    dst.extend_from_slice(b"\r\n");
-    dst.extend_from_slice(OPEN);
-    for b in reason.bytes() {
-        write_json_escaped(b, dst);
-    }
-    dst.extend_from_slice(CLOSE);
-}
-
-fn json_escaped_len(b: u8) -> usize {
-    match b {
-        b'"' | b'\\' => 2,
-        0..=0x1f => 6,
-        _ => 1,
-    }
-}
-
-fn write_json_escaped(b: u8, dst: &mut Vec<u8>) {
-    match b {
-        b'"' | b'\\' => dst.extend_from_slice(&[b'\\', b]),
-        0..=0x1f => {
-            dst.extend_from_slice(b"\\u00");
-            dst.push(HEX_DIGITS.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
-            dst.push(
-                HEX_DIGITS
-                    .get(usize::from(b & 0xf))
-                    .copied()
-                    .unwrap_or(b'0'),
-            );
-        }
-        _ => dst.push(b),
-    }
-}
-
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lowercase hex without leading zeros ("0" for 0).
@@ -1278,23 +1243,6 @@ fn write_hex(mut n: u64, dst: &mut Vec<u8>) {
             *slot = digit;
         }
         n >>= 4;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(tmp.get(i..).unwrap_or_default());
-}
-
-/// Decimal without leading zeros ("0" for 0).
-fn write_decimal(mut n: u64, dst: &mut Vec<u8>) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        if let Some(slot) = tmp.get_mut(i) {
-            *slot = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
         if n == 0 || i == 0 {
             break;
         }
@@ -2836,7 +2784,7 @@ mod tests {
     }
 
     #[test]
-    fn decimal_and_hex_writers() {
+    fn hex_writer() {
         for n in [
             0u64,
             1,
@@ -2848,50 +2796,9 @@ mod tests {
             u64::from(u32::MAX),
             u64::MAX,
         ] {
-            let mut d = Vec::new();
-            write_decimal(n, &mut d);
-            assert_eq!(d, n.to_string().as_bytes());
             let mut h = Vec::new();
             write_hex(n, &mut h);
             assert_eq!(h, format!("{n:x}").as_bytes());
         }
-    }
-
-    #[test]
-    fn refusal_response() {
-        for e in [
-            ParseError::Malformed,
-            ParseError::TooLarge,
-            ParseError::LengthAndEncoding,
-        ] {
-            let mut dst = Vec::new();
-            encode_refusal(e.status(), e.reason(), &mut dst);
-            let mut fields = [httparse::EMPTY_HEADER; 8];
-            let mut resp = httparse::Response::new(&mut fields);
-            let httparse::Status::Complete(n) = resp.parse(&dst).unwrap() else {
-                panic!("incomplete");
-            };
-            assert_eq!(resp.code, Some(e.status().as_u16()));
-            let get = |name: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name == name)
-                    .map(|h| h.value)
-            };
-            assert_eq!(get("content-type"), Some(&b"application/json"[..]));
-            assert_eq!(get("connection"), Some(&b"close"[..]));
-            assert_eq!(get("date").unwrap().len(), 29);
-            let body = &dst[n..];
-            assert_eq!(
-                get("content-length").unwrap(),
-                body.len().to_string().as_bytes()
-            );
-            assert_eq!(body, format!("{{\"error\":\"{}\"}}", e.reason()).as_bytes());
-        }
-        let mut dst = Vec::new();
-        encode_refusal(StatusCode::BAD_REQUEST, "a\"b\\c\nd", &mut dst);
-        let text = String::from_utf8(dst).unwrap();
-        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 26\r\nconnection: close\r\ndate: "));
-        assert!(text.ends_with("\r\n\r\n{\"error\":\"a\\\"b\\\\c\\u000ad\"}"));
     }
 }

@@ -26,7 +26,7 @@ use crate::handler::{ConnInfo, ProxyState};
 use crate::metrics::Metrics;
 use crate::watched_io::StallTimer;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use rampart_core::config::Limits;
@@ -57,62 +57,6 @@ const FLUSH_AT: usize = 16 * 1024;
 const READ_AHEAD_LIMIT: usize = codec::MAX_HEAD_BYTES;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// Buffers kept per thread for the next exchange: enough for the exchanges one worker
-/// thread runs at once in a busy sidecar; more are freed.
-const POOLED_BUFFERS: usize = 64;
-/// Buffers larger than this (a huge head, a body read) are freed, not pooled.
-const POOLED_MAX_CAPACITY: usize = 16 * 1024;
-
-thread_local! {
-    /// Read buffers of finished exchanges, reused by the next exchange on this thread: no
-    /// allocation per request, and no heap holes between connections' tasks.
-    static READ_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Output buffers of finished exchanges, likewise.
-    static WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A read buffer with room for a head: a pooled one if this thread has one.
-fn take_read_buffer() -> BytesMut {
-    let mut buf = READ_BUFFERS
-        .with(|pool| pool.borrow_mut().pop())
-        .unwrap_or_default();
-    // Reclaims the pooled allocation in place once nothing else shares it.
-    buf.reserve(HEAD_READ);
-    buf
-}
-
-/// Keeps an emptied read buffer for the next exchange on this thread.
-fn give_read_buffer(buf: BytesMut) {
-    if buf.is_empty() && buf.capacity() > 0 && buf.capacity() <= POOLED_MAX_CAPACITY {
-        READ_BUFFERS.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < POOLED_BUFFERS {
-                pool.push(buf);
-            }
-        });
-    }
-}
-
-/// An output buffer: a pooled one if this thread has one.
-pub(crate) fn take_write_buffer() -> Vec<u8> {
-    WRITE_BUFFERS
-        .with(|pool| pool.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(1024))
-}
-
-/// Keeps an output buffer for the next exchange on this thread.
-pub(crate) fn give_write_buffer(mut buf: Vec<u8>) {
-    if buf.capacity() > 0 && buf.capacity() <= POOLED_MAX_CAPACITY {
-        buf.clear();
-        WRITE_BUFFERS.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < POOLED_BUFFERS {
-                pool.push(buf);
-            }
-        });
-    }
-}
 
 /// The limits one connection runs under, read from the snapshot when it was accepted.
 #[derive(Debug, Clone, Copy)]
@@ -278,7 +222,7 @@ impl Outgoing {
     /// The buffer to queue bytes in (a pooled one once the connection was idle).
     fn buffer(&mut self) -> &mut Vec<u8> {
         if self.bytes.capacity() == 0 {
-            self.bytes = take_write_buffer();
+            self.bytes = super::io::take_write_buffer();
         }
         &mut self.bytes
     }
@@ -363,9 +307,9 @@ where
     /// Gives back what an idle connection does not need.
     fn idle(&mut self) {
         if self.buf.is_empty() {
-            give_read_buffer(std::mem::take(&mut self.buf));
+            super::io::give_read_buffer(std::mem::take(&mut self.buf));
         }
-        give_write_buffer(std::mem::take(&mut self.out.bytes));
+        super::io::give_write_buffer(std::mem::take(&mut self.out.bytes));
         self.out = Outgoing::default();
         self.responding = false;
     }
@@ -374,7 +318,7 @@ where
     fn poll_read_more(&mut self, cx: &mut Context<'_>, chunk: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
             ready!(self.io.poll_idle_readable(cx))?;
-            self.buf = take_read_buffer();
+            self.buf = super::io::take_read_buffer(HEAD_READ);
         }
         if self.buf.capacity() - self.buf.len() < chunk / 4 {
             self.buf.reserve(chunk);
@@ -447,12 +391,7 @@ where
 
     /// Answers a head that was refused, and closes.
     async fn refuse_head(&mut self, error: ParseError) {
-        let reason = match error {
-            ParseError::TooLarge | ParseError::TooManyHeaders => "header_too_large",
-            ParseError::LengthAndEncoding => "content_length_and_transfer_encoding",
-            _ => "bad_request",
-        };
-        count_malformed(self.metrics, reason, &error);
+        count_malformed(self.metrics, error.metric_label(), &error.reason());
         let response = refusal(error.status());
         self.write_whole(response, Version::HTTP_11).await;
     }
@@ -538,7 +477,7 @@ where
             None
         };
 
-        let (response, refused) = match check_host(&mut request) {
+        let (response, refused) = match crate::headers::check_host(&mut request) {
             Err(reason) => {
                 count_malformed(self.metrics, reason, &reason);
                 (refusal(StatusCode::BAD_REQUEST), true)
@@ -910,30 +849,6 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
-}
-
-/// RFC 9112 section 3.2: a request with more than one `Host`, or an HTTP/1.1 request
-/// without one, is refused; an absolute-form target's authority replaces `Host`. Returns
-/// the refusal reason.
-pub(crate) fn check_host<B>(request: &mut Request<B>) -> Result<(), &'static str> {
-    let (present, duplicate) = {
-        let mut hosts = request.headers().get_all(HOST).iter();
-        (hosts.next().cloned(), hosts.next().is_some())
-    };
-    if duplicate {
-        return Err("duplicate_host");
-    }
-    match (request.uri().authority(), present) {
-        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
-            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                request.headers_mut().insert(HOST, value);
-            }
-            Ok(())
-        }
-        (Some(_), _) => Ok(()),
-        (None, None) if request.version() == Version::HTTP_11 => Err("missing_host"),
-        (None, _) => Ok(()),
-    }
 }
 
 /// Rampart's answer to a refused request: 400 or 431, and the connection closes.

@@ -1,6 +1,6 @@
 //! I/O helpers of the HTTP/1.1 server.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -118,6 +118,62 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Buffers kept per thread for the next exchange: enough for the exchanges one worker
+/// thread runs at once in a busy sidecar; more are freed.
+const POOLED_BUFFERS: usize = 64;
+/// Buffers larger than this (a huge head, a body read) are freed, not pooled.
+const POOLED_MAX_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    /// Read buffers of finished exchanges, reused by the next exchange on this thread: no
+    /// allocation per request, and no heap holes between connections' tasks.
+    static READ_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Output buffers of finished exchanges, likewise.
+    static WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer with `room` to read into: a pooled one if this thread has one.
+pub(crate) fn take_read_buffer(room: usize) -> BytesMut {
+    let mut buf = READ_BUFFERS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_default();
+    // Reclaims the pooled allocation in place once nothing else shares it.
+    buf.reserve(room);
+    buf
+}
+
+/// Keeps an emptied read buffer for the next exchange on this thread.
+pub(crate) fn give_read_buffer(buf: BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 && buf.capacity() <= POOLED_MAX_CAPACITY {
+        READ_BUFFERS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
+/// An output buffer: a pooled one if this thread has one.
+pub(crate) fn take_write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(1024))
+}
+
+/// Keeps an output buffer for the next exchange on this thread.
+pub(crate) fn give_write_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() > 0 && buf.capacity() <= POOLED_MAX_CAPACITY {
+        buf.clear();
+        WRITE_BUFFERS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buf);
+            }
+        });
     }
 }
 
