@@ -21,7 +21,7 @@
 
 use super::codec::{self, Chunk, ChunkedDecoder};
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use rampart_core::config::Upstream;
@@ -386,49 +386,58 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Pars
     if status.is_informational() {
         return Ok(Some(Parsed::Interim));
     }
+    // One pass over the fields: the framing and connection fields are read from the bytes,
+    // and the hop-by-hop ones (which the handler would strip) never enter the map.
+    let mut facts = FieldFacts::default();
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| invalid("invalid header name"))?;
+        let name = field.name.as_bytes();
+        let keep = match hop_field(name) {
+            Some(HopField::Connection) => facts.connection(field.value),
+            Some(HopField::TransferEncoding) => {
+                facts.transfer_encoding(field.value);
+                false
+            }
+            Some(HopField::Other) => false,
+            Some(HopField::ContentLength) => {
+                facts.content_length(field.value);
+                true
+            }
+            None => true,
+        };
+        if !keep {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| invalid("invalid header value"))?;
         headers.append(name, value);
     }
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
-    }
+    let mut keep_alive = if version == Version::HTTP_10 {
+        facts.keep_alive && !facts.close
+    } else {
+        !facts.close
+    };
     let framing = if *method == Method::HEAD
-        || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         BodyFraming::None
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if chunked_last {
+    } else if facts.transfer_encoding {
+        // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length, which a proxy
+        // must then not forward.
+        headers.remove(CONTENT_LENGTH);
+        if facts.chunked_last {
             BodyFraming::Chunked
         } else {
             BodyFraming::UntilClose
         }
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        BodyFraming::Length(
-            content_length(&headers).ok_or_else(|| invalid("invalid Content-Length"))?,
-        )
     } else {
-        BodyFraming::UntilClose
+        match facts.length {
+            Length::Absent => BodyFraming::UntilClose,
+            Length::Valid(n) => BodyFraming::Length(n),
+            Length::Invalid => return Err(invalid("invalid Content-Length")),
+        }
     };
     if matches!(framing, BodyFraming::UntilClose) {
         keep_alive = false;
@@ -440,23 +449,103 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Pars
     Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
-/// The one length all `Content-Length` values give, if they agree and are numbers.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
+/// The response fields that are not passed on as they are: the framing ones and the
+/// hop-by-hop ones (RFC 9110 section 7.6.1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum HopField {
+    /// `Connection`: read for `close` and `keep-alive`.
+    Connection,
+    /// `Transfer-Encoding`: read for the framing, not passed on.
+    TransferEncoding,
+    /// `Content-Length`: read for the framing, and passed on.
+    ContentLength,
+    /// The other hop-by-hop fields, dropped: `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Trailer`, `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`.
+    Other,
+}
+
+/// Which of [`HopField`] `name` is, in any letter case.
+fn hop_field(name: &[u8]) -> Option<HopField> {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    // Most names are none of these; the length rules nearly all of them out at once.
+    match name.len() {
+        2 if is(b"te") => Some(HopField::Other),
+        7 if is(b"trailer") => Some(HopField::Other),
+        7 if is(b"upgrade") => Some(HopField::Other),
+        10 if is(b"connection") => Some(HopField::Connection),
+        10 if is(b"keep-alive") => Some(HopField::Other),
+        14 if is(b"content-length") => Some(HopField::ContentLength),
+        16 if is(b"proxy-connection") => Some(HopField::Other),
+        17 if is(b"transfer-encoding") => Some(HopField::TransferEncoding),
+        18 if is(b"proxy-authenticate") => Some(HopField::Other),
+        19 if is(b"proxy-authorization") => Some(HopField::Other),
+        _ => None,
     }
-    length
+}
+
+/// What the framing and connection fields of a response head say.
+#[derive(Debug, Default)]
+struct FieldFacts {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive` (what keeps an HTTP/1.0 connection open).
+    keep_alive: bool,
+    /// Any `Transfer-Encoding` field.
+    transfer_encoding: bool,
+    /// The last coding of the last `Transfer-Encoding` field is `chunked`.
+    chunked_last: bool,
+    length: Length,
+}
+
+/// What the `Content-Length` fields say together.
+#[derive(Debug, Default, PartialEq)]
+enum Length {
+    #[default]
+    Absent,
+    /// Every value (and every element of a list) is this number.
+    Valid(u64),
+    /// Not a number, or values that differ.
+    Invalid,
+}
+
+impl FieldFacts {
+    /// Reads a `Connection` value; whether the field must be kept in the map: only when it
+    /// names other fields, which the handler's hop-by-hop strip then removes.
+    fn connection(&mut self, value: &[u8]) -> bool {
+        let mut names_others = false;
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                names_others = true;
+            }
+        }
+        names_others
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        self.chunked_last = value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    }
+
+    fn content_length(&mut self, value: &[u8]) {
+        let mut acc = match self.length {
+            Length::Absent => None,
+            Length::Valid(n) => Some(n),
+            Length::Invalid => return,
+        };
+        self.length = if codec::accumulate_content_length(value, &mut acc) {
+            acc.map_or(Length::Invalid, Length::Valid)
+        } else {
+            Length::Invalid
+        };
+    }
 }
 
 /// How much of a response body is left.
@@ -715,6 +804,73 @@ mod tests {
             parse(b"HTTP/1.1 100 Continue\r\n\r\n", Method::GET),
             Ok(Some(Parsed::Interim))
         ));
+    }
+
+    fn headers_of(bytes: &[u8]) -> HeaderMap {
+        match parse(bytes, Method::GET).unwrap() {
+            Some(Parsed::Final(parts, _, _)) => parts.headers,
+            _ => panic!("not a final response"),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_never_reach_the_map_and_the_others_keep_their_order() {
+        let headers = headers_of(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\n\
+              Proxy-Connection: x\r\nTE: trailers\r\nTrailer: x-sum\r\nUpgrade: h2c\r\n\
+              Proxy-Authenticate: Basic\r\nProxy-Authorization: y\r\nx-a: 1\r\nx-a: 2\r\n\
+              Content-Length: 0\r\n\r\n",
+        );
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server", "x-a", "content-length"]);
+        let values: Vec<&[u8]> = headers
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(values, [b"1" as &[u8], b"2"]);
+    }
+
+    #[test]
+    fn a_connection_field_naming_other_fields_stays_for_the_strip() {
+        let headers = headers_of(
+            b"HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nx-private: 1\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert!(headers.contains_key("connection"));
+        let mut stripped = headers.clone();
+        crate::headers::strip_hop_by_hop(&mut stripped, false);
+        assert!(!stripped.contains_key("connection") && !stripped.contains_key("x-private"));
+    }
+
+    #[test]
+    fn transfer_encoding_overrides_and_removes_content_length() {
+        let bytes =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(
+            framing_of(bytes, Method::GET),
+            (StatusCode::OK, "chunked", true)
+        );
+        let headers = headers_of(bytes);
+        assert!(!headers.contains_key("content-length"));
+        assert!(!headers.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn content_length_lists_and_limits() {
+        let length = |value: &str| {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {value}\r\n\r\n");
+            match parse(head.as_bytes(), Method::GET) {
+                Ok(Some(Parsed::Final(_, BodyFraming::Length(n), _))) => Some(n),
+                Err(_) => None,
+                _ => panic!("neither a length nor an error for {value:?}"),
+            }
+        };
+        assert_eq!(length("7"), Some(7));
+        assert_eq!(length("7, 7,7"), Some(7));
+        assert_eq!(length("18446744073709551615"), Some(u64::MAX));
+        for bad in ["7, 8", "+7", "7,", "", "0x7", "18446744073709551616", "7 7"] {
+            assert_eq!(length(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -484,8 +484,9 @@ impl FieldFacts {
 }
 
 /// Folds one Content-Length field value (possibly a list) into `acc`: false if an element
-/// is not 1*DIGIT, overflows u64, or differs from what `acc` already holds.
-fn accumulate_content_length(value: &[u8], acc: &mut Option<u64>) -> bool {
+/// is not 1*DIGIT, overflows u64, or differs from what `acc` already holds. Used for
+/// requests here and for responses by the client.
+pub(crate) fn accumulate_content_length(value: &[u8], acc: &mut Option<u64>) -> bool {
     for element in value.split(|&b| b == b',') {
         let Some(n) = parse_decimal(trim_ows(element)) else {
             return false;

@@ -39,6 +39,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tokio::time::Sleep;
 
 /// What the prior-knowledge HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -136,9 +137,17 @@ where
         responding: false,
     };
     let mut deadline = accepted_at + settings.header_timeout;
+    // One timer for the connection's life, registered once: a request moves the deadline
+    // and the timer follows only when it fires early (see `read_head`), instead of a timer
+    // registered and cancelled per request.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     let mut first = true;
     loop {
-        let head = match driver.read_head(deadline, first, drain).await {
+        let head = match driver
+            .read_head(deadline, timer.as_mut(), first, drain)
+            .await
+        {
             HeadRead::Head(head) => head,
             HeadRead::Http2 => {
                 let prefix = std::mem::take(&mut driver.buf).freeze();
@@ -341,14 +350,19 @@ where
     }
 
     /// Waits for the next complete request head, or for the connection to end.
+    ///
+    /// `timer` may be set earlier than `deadline` (it was set for an earlier request): when
+    /// it fires before `deadline` it is moved there, and the wait goes on.
     async fn read_head(
         &mut self,
         deadline: Instant,
+        mut timer: Pin<&mut Sleep>,
         first: bool,
         drain: &mut watch::Receiver<()>,
     ) -> HeadRead {
-        let timer = tokio::time::sleep_until(deadline);
-        tokio::pin!(timer);
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         loop {
             if !self.buf.is_empty() {
                 if first
@@ -384,7 +398,12 @@ where
                 // Drain: an idle connection closes now; one in the middle of a head gets
                 // its answer with `connection: close`.
                 _ = drain.changed(), if idle => return HeadRead::Closed,
-                _ = &mut timer => return HeadRead::TimedOut,
+                _ = timer.as_mut() => {
+                    if Instant::now() >= deadline {
+                        return HeadRead::TimedOut;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
             }
         }
     }
@@ -918,5 +937,78 @@ mod tests {
         );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1536, "serve_h1's future grew to {size} bytes");
+    }
+
+    /// Serves `Nothing` on one end of an in-memory pipe with `header_timeout` and
+    /// `keepalive_timeout`; sends one request after `first_after`, reads its answer, and
+    /// returns how long after that answer the connection was closed.
+    async fn idle_close_after(
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+        first_after: Duration,
+    ) -> Duration {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let serving = tokio::spawn(async move {
+            let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+            let (_tx, mut rx) = watch::channel(());
+            let conn = ConnInfo {
+                peer: "127.0.0.1:1".parse().unwrap(),
+                tls: false,
+            };
+            let settings = H1Settings {
+                header_timeout,
+                keepalive_timeout,
+                send_timeout: Duration::from_secs(60),
+            };
+            let accepted = Instant::now();
+            serve_h1(
+                &Nothing, &metrics, server, conn, accepted, settings, &mut rx,
+            )
+            .await;
+        });
+        tokio::time::sleep(first_after).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 512];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let answered = Instant::now();
+        let mut rest = [0u8; 64];
+        assert_eq!(
+            client.read(&mut rest).await.unwrap(),
+            0,
+            "no more bytes, then close"
+        );
+        serving.await.unwrap();
+        answered.elapsed()
+    }
+
+    /// The connection's one timer is set for `header_timeout` at accept and follows the
+    /// keep-alive deadline lazily: it must neither close a connection early when it fires
+    /// before the deadline, nor late when the deadline is earlier than where it is set.
+    #[tokio::test(start_paused = true)]
+    async fn the_keep_alive_deadline_holds_whichever_timeout_is_longer() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // The timer fires at 1 s, before the keep-alive deadline (0.5 + 3 s): moved, not
+        // obeyed.
+        let closed = idle_close_after(s(1), s(3), ms(500)).await;
+        assert!(
+            closed >= s(3) && closed < ms(3100),
+            "closed {closed:?} after the answer"
+        );
+        // The timer is set for 10 s, the keep-alive deadline is 1 s after the answer.
+        let closed = idle_close_after(s(10), s(1), ms(0)).await;
+        assert!(
+            closed >= s(1) && closed < ms(1100),
+            "closed {closed:?} after the answer"
+        );
     }
 }
