@@ -147,3 +147,88 @@ async fn a_client_that_sends_bytes_after_a_refused_head_is_not_served() {
     assert!(conn.closed_by_peer().await);
     assert_eq!(stable.hits(), 0, "neither request reached the upstream");
 }
+
+/// An upstream that answers every request at once, before reading its body, then reads
+/// and discards what the connection still brings and closes it: as a server that refuses
+/// an upload (413, 401) does.
+async fn early_answering_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+                // Bounded: at most IO_TIMEOUT per read, and the peer's EOF ends it.
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn rampart_before(upstream: std::net::SocketAddr) -> Rampart {
+    Rampart::start(&format!(
+        "default_upstream: early\nupstreams:\n  early:\n    url: http://{upstream}\n"
+    ))
+    .await
+}
+
+/// A body the upstream did not read (it answered first) is read and discarded by Rampart
+/// after the answer, so the client's keep-alive connection carries its next request; a
+/// body too long to discard is announced with `connection: close` in the answer.
+#[tokio::test]
+async fn a_request_body_the_upstream_left_unread_does_not_cost_the_client_its_connection() {
+    let (upstream, _task) = early_answering_upstream().await;
+    let rampart = rampart_before(upstream).await;
+    let mut conn = RawConn::connect(rampart.addr).await;
+    let mut sized =
+        b"POST /upload HTTP/1.1\r\nhost: shop\r\ncontent-length: 100000\r\n\r\n".to_vec();
+    sized.extend(std::iter::repeat_n(b'x', 100_000));
+    let r = conn.exchange(&sized).await.unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "kept alive, so not announced as closing"
+    );
+    let r = conn
+        .exchange(b"POST /c HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 201,
+        "the same connection carries the next request"
+    );
+    let r = conn
+        .exchange(b"GET /next HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "and the one after a chunked body");
+
+    // Longer than Rampart discards: said in the answer, then closed.
+    let mut conn = RawConn::connect(rampart.addr).await;
+    let r = conn
+        .exchange(b"POST /big HTTP/1.1\r\nhost: shop\r\ncontent-length: 10000000\r\n\r\nxxxx")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(conn.closed_by_peer().await);
+}

@@ -56,6 +56,11 @@ const COPY_LIMIT: usize = 4 * 1024;
 const FLUSH_AT: usize = 16 * 1024;
 /// Pipelined bytes read ahead while a request is served, at most.
 const READ_AHEAD_LIMIT: usize = codec::MAX_HEAD_BYTES;
+/// Most of a request body the upstream left unread that is read and discarded after the
+/// response, so that the connection can carry the next request; a longer rest closes it.
+const DISCARD_LIMIT: u64 = 256 * 1024;
+/// Longest time spent discarding such a rest.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -282,9 +287,12 @@ struct Feeder {
     continue_pending: bool,
     /// The whole body was read from the connection.
     done: bool,
-    /// The body failed (bad chunk, client gone) or was dropped unread: the connection
-    /// cannot carry another request.
+    /// The body failed (bad chunk, client gone): the connection cannot carry another
+    /// request.
     broken: bool,
+    /// The proxy dropped the body before its end (the upstream answered without reading
+    /// it all): the rest is discarded after the response, within bounds.
+    dropped: bool,
 }
 
 enum Framing {
@@ -535,7 +543,10 @@ where
         let status = parts.status;
         let mut headers = parts.headers;
         let draining = drain.has_changed().unwrap_or(true);
-        let server_keep_alive = !refused && !draining && !asks_close(&headers);
+        // A request body that will not be read to its end closes the connection: said in
+        // this head, so that the client does not send its next request into the close.
+        let body_left = feeder.as_ref().is_some_and(Feeder::cannot_be_discarded);
+        let server_keep_alive = !refused && !draining && !body_left && !asks_close(&headers);
         let (framing, keep_alive) = codec::response_framing(
             is_head,
             version,
@@ -579,12 +590,61 @@ where
             tracing::debug!(peer = %self.conn.peer, error = %e, "response not completed: connection closed");
             return Next::Gone;
         }
-        let body_read = feeder.as_ref().is_none_or(|f| f.done && !f.broken);
+        let body_read = match feeder.as_mut() {
+            None => true,
+            Some(f) if f.broken => false,
+            Some(f) if f.done => true,
+            Some(f) => keep_alive && self.discard_rest(f).await,
+        };
         if keep_alive && body_read {
             Next::KeepAlive
         } else {
             Next::Close
         }
+    }
+
+    /// Reads and discards the rest of a request body the proxy did not read to its end,
+    /// so that the connection can carry the next request (as nginx and hyper do): at most
+    /// [`DISCARD_LIMIT`] bytes within [`DISCARD_TIMEOUT`]. Whether the body ended.
+    async fn discard_rest(&mut self, f: &mut Feeder) -> bool {
+        if f.cannot_be_discarded() {
+            return false;
+        }
+        if !f.dropped {
+            // The proxy still holds the body, though its answer is complete: it gets no more.
+            f.chan.deliver(
+                Some(Err(io::Error::other(
+                    "the response ended before the request body",
+                ))),
+                true,
+            );
+        }
+        let discard = async {
+            let mut discarded = 0u64;
+            loop {
+                match f.next_frame(&mut self.buf) {
+                    Ok(Some((_, true))) => return true,
+                    Ok(Some((frame, false))) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        if discarded > DISCARD_LIMIT {
+                            return false;
+                        }
+                    }
+                    Ok(None) => match poll_fn(|cx| self.poll_read_more(cx, BODY_READ)).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return false,
+                }
+            }
+        };
+        let ended = tokio::time::timeout(DISCARD_TIMEOUT, discard)
+            .await
+            .unwrap_or(false);
+        if !ended {
+            tracing::debug!(peer = %self.conn.peer, "request body left unread by the upstream: connection closed");
+        }
+        ended
     }
 
     /// Writes the response body while still feeding the request body (a response may
@@ -634,14 +694,14 @@ where
         let Some(f) = feeder.as_mut() else {
             return;
         };
-        if f.done || f.broken {
+        if f.done || f.broken || f.dropped {
             return;
         }
         loop {
             match f.chan.demand(cx) {
                 Demand::Wait => return,
                 Demand::Dropped => {
-                    f.broken = true;
+                    f.dropped = true;
                     return;
                 }
                 Demand::Frame => {}
@@ -758,7 +818,17 @@ impl Feeder {
             continue_pending,
             done: false,
             broken: false,
+            dropped: false,
         }
+    }
+
+    /// Whether what is left of the body could not be discarded to keep the connection:
+    /// the client waits for `100 Continue` before sending it, or it is known to be longer
+    /// than [`DISCARD_LIMIT`].
+    fn cannot_be_discarded(&self) -> bool {
+        !self.done
+            && (self.continue_pending
+                || matches!(self.framing, Framing::Length(left) if left > DISCARD_LIMIT))
     }
 
     /// Ends the body with `error`.
