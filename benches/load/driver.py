@@ -852,6 +852,8 @@ def main():
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"))
     ap.add_argument("--no-doc", action="store_true", help="print the table, do not write the doc")
     ap.add_argument("--rampart", default=os.path.join(ROOT, "target", "release", "rampart"))
+    ap.add_argument("--rampart-label", default="Rampart (threads: 1, breaker, metrics)",
+                    help="how the tables name --rampart (run.sh names its profile-guided build)")
     ap.add_argument("--peers-dir", default=os.path.join(ROOT, "target", "peers", "release"))
     ap.add_argument("--also-rampart", action="append", default=[], metavar="LABEL=PATH",
                     help="another rampart binary to measure in the same run (targets G, H, ...), "
@@ -949,7 +951,7 @@ def main():
         with open(path, "w") as f:
             f.write(rampart_conf(port, free_port(), stable_port, canary_port))
         env = dict(os.environ, RUST_LOG="info")
-        add("F", "Rampart (threads: 1, breaker, metrics)", "rampart",
+        add("F", args.rampart_label, "rampart",
             [args.rampart, "run", "-c", path], port, env)
 
         for i, extra in enumerate(args.also_rampart):

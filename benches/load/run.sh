@@ -8,6 +8,9 @@
 # idle keep-alive connections through benches/load/conns.py) and writes the tables to
 # docs/PERFORMANCE.md. Arguments go to the driver
 # (`benches/load/run.sh --help`); `--skip E` leaves pingora out (and so needs no cmake).
+# Rampart is measured as its profile-guided build (benches/pgo/build.sh, which needs an
+# llvm-profdata of rustc's LLVM version) with the plain release build beside it;
+# RAMPART_BENCH_PGO=0 measures the plain build alone.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -46,11 +49,26 @@ fi
 
 echo "building rampart (release)"
 cargo build --release --bin rampart
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+plain="$target_dir/release/rampart"
+# What the image ships is the profile-guided build (benches/pgo/build.sh): it is measured as
+# Rampart, and the plain release build beside it. Without an llvm-profdata for rustc's LLVM
+# only the plain build is measured.
+pgo_args=(--rampart "$plain")
+if [[ "${RAMPART_BENCH_PGO:-1}" != "0" ]]; then
+  if bash benches/pgo/build.sh; then
+    pgo_args=(--rampart "$root/target/pgo/use/release/rampart"
+              --rampart-label "Rampart (profile-guided build; threads: 1, breaker, metrics)"
+              --also-rampart "plain release build=$plain")
+  else
+    echo "load bench: no profile-guided build (see above); measuring the plain release build" >&2
+  fi
+fi
 echo "building the bench peers (release, target/peers)"
 peers=(-p bare-hyper)
 [[ $skip_pingora -eq 0 ]] && peers+=(-p bare-pingora)
 CARGO_TARGET_DIR="$root/target/peers" cargo build --release \
   --manifest-path benches/peers/Cargo.toml "${peers[@]}"
 
-# The binary cargo just built (CARGO_TARGET_DIR honoured); a --rampart given here wins.
-exec python3 benches/load/driver.py --rampart "${CARGO_TARGET_DIR:-$root/target}/release/rampart" "$@"
+# The binaries just built (CARGO_TARGET_DIR honoured); a --rampart given here wins.
+exec python3 benches/load/driver.py "${pgo_args[@]}" "$@"

@@ -44,6 +44,16 @@ def test_dockerfile_is_multi_stage_rust_builder_to_small_runtime() -> None:
     assert not [c for c in runtime if c.cmd == "RUN"], "nothing runs in the runtime stage"
 
 
+def test_the_image_ships_the_profile_guided_build_by_default() -> None:
+    builder = stages()[0]
+    args = [c.value[0] for c in builder if c.cmd == "ARG"]
+    assert "PGO=1" in args, "the profile-guided build is the default"
+    runs = " ".join(" ".join(c.value) for c in builder if c.cmd == "RUN")
+    assert "rustup component add llvm-tools" in runs, "llvm-profdata of rustc's own LLVM"
+    assert "bash benches/pgo/build.sh --locked" in runs and "target/pgo/use/release/rampart" in runs
+    assert (REPO / "benches" / "pgo" / "build.sh").is_file() and (REPO / "benches" / "pgo" / "train.py").is_file()
+
+
 def test_runtime_runs_rampart_as_non_root() -> None:
     runtime = stages()[-1]
     users = [c.value[0] for c in runtime if c.cmd == "USER"]
