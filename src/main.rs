@@ -16,6 +16,14 @@ mod status;
 
 use std::process::ExitCode;
 
+/// jemalloc instead of glibc's malloc, because it gives the memory of closed connections back
+/// to the system: a background thread purges freed pages after about a second (the options
+/// are compiled in, see `.cargo/config.toml`), where glibc keeps the heap resident at its
+/// peak (docs/decisions.md).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::parse();
     logging::init();
