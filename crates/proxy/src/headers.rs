@@ -78,20 +78,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 }
 
 /// Whether `name` is one of the hop-by-hop headers removed whatever `Connection` says.
-///
-/// A match on the name's text: it runs for every field of every request and response,
-/// and most names are ruled out by their length alone.
 fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "te" | "transfer-encoding"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "trailer"
-    )
+    is_fixed_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// The same for a field name in any letter case, as read off the wire (Rampart's client
+/// drops these from a response head as it reads it). Runs for every field of every request
+/// and response: most names are ruled out by their length at the first comparison.
+pub(crate) fn is_fixed_hop_by_hop_name(name: &[u8]) -> bool {
+    [
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 /// Appends `peer` to `x-forwarded-for` (one comma-separated header).

@@ -433,10 +433,10 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Pars
             BodyFraming::UntilClose
         }
     } else {
-        match facts.length {
-            Length::Absent => BodyFraming::UntilClose,
-            Length::Valid(n) => BodyFraming::Length(n),
-            Length::Invalid => return Err(invalid("invalid Content-Length")),
+        match (facts.length_invalid, facts.length) {
+            (true, _) => return Err(invalid("invalid Content-Length")),
+            (false, Some(n)) => BodyFraming::Length(n),
+            (false, None) => BodyFraming::UntilClose,
         }
     };
     if matches!(framing, BodyFraming::UntilClose) {
@@ -466,20 +466,16 @@ enum HopField {
 
 /// Which of [`HopField`] `name` is, in any letter case.
 fn hop_field(name: &[u8]) -> Option<HopField> {
-    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-    // Most names are none of these; the length rules nearly all of them out at once.
-    match name.len() {
-        2 if is(b"te") => Some(HopField::Other),
-        7 if is(b"trailer") => Some(HopField::Other),
-        7 if is(b"upgrade") => Some(HopField::Other),
-        10 if is(b"connection") => Some(HopField::Connection),
-        10 if is(b"keep-alive") => Some(HopField::Other),
-        14 if is(b"content-length") => Some(HopField::ContentLength),
-        16 if is(b"proxy-connection") => Some(HopField::Other),
-        17 if is(b"transfer-encoding") => Some(HopField::TransferEncoding),
-        18 if is(b"proxy-authenticate") => Some(HopField::Other),
-        19 if is(b"proxy-authorization") => Some(HopField::Other),
-        _ => None,
+    if name.eq_ignore_ascii_case(b"connection") {
+        Some(HopField::Connection)
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        Some(HopField::TransferEncoding)
+    } else if name.eq_ignore_ascii_case(b"content-length") {
+        Some(HopField::ContentLength)
+    } else if crate::headers::is_fixed_hop_by_hop_name(name) {
+        Some(HopField::Other)
+    } else {
+        None
     }
 }
 
@@ -494,18 +490,10 @@ struct FieldFacts {
     transfer_encoding: bool,
     /// The last coding of the last `Transfer-Encoding` field is `chunked`.
     chunked_last: bool,
-    length: Length,
-}
-
-/// What the `Content-Length` fields say together.
-#[derive(Debug, Default, PartialEq)]
-enum Length {
-    #[default]
-    Absent,
-    /// Every value (and every element of a list) is this number.
-    Valid(u64),
-    /// Not a number, or values that differ.
-    Invalid,
+    /// The one length every `Content-Length` value gives, so far.
+    length: Option<u64>,
+    /// A `Content-Length` value that is not a number, or differs from another.
+    length_invalid: bool,
 }
 
 impl FieldFacts {
@@ -535,16 +523,9 @@ impl FieldFacts {
     }
 
     fn content_length(&mut self, value: &[u8]) {
-        let mut acc = match self.length {
-            Length::Absent => None,
-            Length::Valid(n) => Some(n),
-            Length::Invalid => return,
-        };
-        self.length = if codec::accumulate_content_length(value, &mut acc) {
-            acc.map_or(Length::Invalid, Length::Valid)
-        } else {
-            Length::Invalid
-        };
+        if !self.length_invalid && !codec::accumulate_content_length(value, &mut self.length) {
+            self.length_invalid = true;
+        }
     }
 }
 

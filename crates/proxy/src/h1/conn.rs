@@ -38,8 +38,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// What the prior-knowledge HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -606,10 +605,10 @@ where
     /// Reads and discards the rest of a request body the proxy did not read to its end,
     /// so that the connection can carry the next request (as nginx and hyper do): at most
     /// [`DISCARD_LIMIT`] bytes within [`DISCARD_TIMEOUT`]. Whether the body ended.
+    ///
+    /// Only called when the response head promised keep-alive, so the rest was not known
+    /// to be too long for this ([`Feeder::cannot_be_discarded`]).
     async fn discard_rest(&mut self, f: &mut Feeder) -> bool {
-        if f.cannot_be_discarded() {
-            return false;
-        }
         if !f.dropped {
             // The proxy still holds the body, though its answer is complete: it gets no more.
             f.chan.deliver(
